@@ -1,0 +1,54 @@
+"""Model adapters and the one loading path for audio-language models.
+
+Adding an architecture: subclass :class:`AudioLM` in a module of this folder and list the class in
+:data:`ADAPTERS`, keyed by its transformers class name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForMultimodalLM, AutoProcessor, AutoTokenizer
+
+from seen.adapters.base import AudioLM, Clip, Message, ModelBatch
+from seen.adapters.qwen2_5_omni import Qwen25OmniThinker
+from seen.adapters.qwen2_audio import Qwen2Audio
+from seen.adapters.voxtral import Voxtral
+
+ADAPTERS: dict[str, type[AudioLM]] = {cls.architecture: cls for cls in (Qwen2Audio, Qwen25OmniThinker, Voxtral)}
+
+__all__ = ["ADAPTERS", "AudioLM", "Clip", "Message", "ModelBatch", "load_audio_lm"]
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return resolved
+
+
+def load_audio_lm(source: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto") -> AudioLM:
+    """Load a model folder or hub id with its preprocessing, in eval mode, on ``device``."""
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load model {source!r}: not a model folder and not reachable on the hub") from error
+    architecture = (getattr(config, "architectures", None) or [""])[0]
+    adapter = ADAPTERS.get(architecture)
+    if adapter is None:
+        raise ValueError(
+            f"model {source!r} is a {architecture or 'model of unknown architecture'}; supported: {sorted(ADAPTERS)}"
+        )
+    model = AutoModelForMultimodalLM.from_pretrained(source, dtype=_resolve_dtype(dtype))
+    model.to(device).eval()
+    processor: Any = None
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError, ImportError, TypeError):
+        processor = None  # e.g. Qwen2.5-Omni's processor needs torchvision: drive tokenizer + extractor directly
+    tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
+    feature_extractor = getattr(processor, "feature_extractor", None) or AutoFeatureExtractor.from_pretrained(source)
+    return adapter(model, processor, tokenizer, feature_extractor, source)

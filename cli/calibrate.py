@@ -1,0 +1,100 @@
+"""``seen calibrate`` and ``seen import-basis``: make a noise-basis bundle for a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from tqdm import tqdm
+
+from calibration.data import load_clip_set
+from calibration.importer import bundle_from_bases, read_basis_list
+from calibration.pipeline import CalibrationConfig, calibrate
+from calibration.report import print_report
+from cli.options import add_model_options, load_model
+from seen.basis import BasisOptions
+from seen.hooks import SiteKind
+
+
+def _noise_source(value: str) -> tuple[str, Path]:
+    name, separator, folder = value.partition("=")
+    if not separator or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {value!r}")
+    return name, Path(folder)
+
+
+def _layers(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {value!r}") from error
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("calibrate", help="build a noise-basis bundle from clean and noise clips")
+    add_model_options(parser)
+    parser.add_argument("--clean", required=True, type=Path, help="folder of clean speech clips")
+    parser.add_argument(
+        "--noise", required=True, action="append", type=_noise_source, metavar="NAME=DIR", help="a noise profile"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--alpha", type=float, default=0.95, help="energy share of kept directions (default 0.95)")
+    parser.add_argument("--delta", type=float, default=0.1, help="cosine threshold (default 0.1)")
+    parser.add_argument("--delta-mode", choices=("absolute", "chance"), default="absolute")
+    parser.add_argument("--center", choices=("none", "clean_mean", "per_set"), default="none")
+    parser.add_argument("--max-directions", type=int, default=None, help="cap on directions per layer")
+    parser.add_argument(
+        "--layers", type=_layers, default=None, help="critical layers, e.g. 23,24,25 (skips localization)"
+    )
+    parser.add_argument("--site", choices=[kind.value for kind in SiteKind], default=SiteKind.ENCODER_FFN.value)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--strength", type=float, default=1.0, help="default lambda stored in the bundle")
+    parser.set_defaults(run=run_calibrate)
+
+    importer = commands.add_parser("import-basis", help="turn published per-layer bases into a bundle")
+    importer.add_argument("file", type=Path, help="torch.save file holding a list of (D x k) tensors")
+    add_model_options(importer)
+    importer.add_argument("--start-layer", required=True, type=int, help="encoder layer of the first basis")
+    importer.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    importer.add_argument("--profile", default="paper", help="name of the imported noise profile")
+    importer.set_defaults(run=run_import)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    console = Console()
+    lm = load_model(args)
+    window = lm.max_clip_seconds
+    clean = load_clip_set("clean", args.clean, lm.sample_rate, window)
+    noises = [load_clip_set(name, folder, lm.sample_rate, window) for name, folder in args.noise]
+    config = CalibrationConfig(
+        site=SiteKind(args.site),
+        layers=args.layers,
+        basis=BasisOptions(
+            alpha=args.alpha,
+            delta=args.delta,
+            delta_mode=args.delta_mode,
+            center=args.center,
+            max_directions=args.max_directions,
+        ),
+        batch_size=args.batch_size,
+        default_strength=args.strength,
+    )
+    total = 2 * (len(clean.clips) + sum(len(n.clips) for n in noises))
+    with tqdm(total=total, unit="clip", desc="calibrating") as bar:
+        result = calibrate(lm, clean, noises, config, progress=bar.update)
+    result.bundle.save(args.out)
+    print_report(result, console)
+    console.print(f"bundle written to {args.out} ({len(result.bundle.layers)} critical layers)")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    lm = load_model(args)
+    bases = read_basis_list(args.file)
+    bundle = bundle_from_bases(lm, bases, args.start_layer, profile=args.profile, source=str(args.file))
+    bundle.save(args.out)
+    ranks = ", ".join(str(k) for k in bundle.profiles[args.profile].ranks)
+    print(f"imported {len(bases)} layer bases (k = {ranks}) from layer {args.start_layer} into {args.out}")
+    return 0

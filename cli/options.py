@@ -1,0 +1,19 @@
+"""Options shared by the subcommands that load a model."""
+
+from __future__ import annotations
+
+import argparse
+
+from seen.adapters import AudioLM, load_audio_lm
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--model", required=required, help="model folder or hub id")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument(
+        "--dtype", default="float32", help="float32, bfloat16, float16 or auto (the checkpoint's) (default: float32)"
+    )
+
+
+def load_model(args: argparse.Namespace) -> AudioLM:
+    return load_audio_lm(args.model, device=args.device, dtype=args.dtype)

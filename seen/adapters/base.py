@@ -1,0 +1,182 @@
+"""What every audio-language model looks like to the rest of the project.
+
+An adapter knows one architecture: where its layers are, how its processor turns audio and
+messages into tensors, and which activation frames belong to which clip. Calibration and the
+service only talk to :class:`AudioLM`; supporting another architecture is one subclass in this
+folder plus its entry in :data:`seen.adapters.ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from seen.bundle import ModelIdentity
+from seen.hooks import SiteKind
+from seen.see import FrameLayout
+
+Clip = NDArray[np.float32]
+Message = Mapping[str, Any]
+
+
+@dataclass
+class ModelBatch:
+    """Model inputs for a batch, with the frame layout of every hook site kind."""
+
+    inputs: dict[str, torch.Tensor]
+    encoder_layout: FrameLayout
+    decoder_layout: FrameLayout | None = None
+
+    def layout(self, site: SiteKind) -> FrameLayout:
+        if site is SiteKind.ENCODER_FFN:
+            return self.encoder_layout
+        if self.decoder_layout is None:
+            raise ValueError("this batch has no prompt, so decoder sites have no audio positions")
+        return self.decoder_layout
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ModelBatch:
+        """Move inputs to the device; floating inputs (features) take the model's dtype."""
+        moved = {
+            key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+            for key, value in self.inputs.items()
+        }
+        return ModelBatch(moved, self.encoder_layout, self.decoder_layout)
+
+
+class AudioLM:
+    """A loaded audio-language model, its preprocessing, and the architecture's specifics."""
+
+    architecture: ClassVar[str]
+    encoder_layers_path: ClassVar[str] = "model.audio_tower.layers"
+    decoder_layers_path: ClassVar[str] = "model.language_model.layers"
+
+    def __init__(self, model: nn.Module, processor: Any, tokenizer: Any, feature_extractor: Any, source: str) -> None:
+        self.model: Any = model  # a transformers PreTrainedModel; its config attributes are dynamic
+        self.processor = processor
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.source = source
+
+    # -- identity and hook sites ------------------------------------------------------------------------
+
+    @property
+    def audio_config(self) -> Any:
+        return self.model.config.audio_config
+
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.text_config
+
+    def identity(self) -> ModelIdentity:
+        """The config fields the bases depend on; a bundle is refused when any differs."""
+        audio, text = self.audio_config, self.text_config
+        fingerprint = {
+            "encoder_layers": int(audio.encoder_layers),
+            "encoder_d_model": int(audio.d_model),
+            "encoder_ffn_dim": int(audio.encoder_ffn_dim),
+            "num_mel_bins": int(audio.num_mel_bins),
+            "text_layers": int(text.num_hidden_layers),
+            "text_hidden_size": int(text.hidden_size),
+        }
+        return ModelIdentity(self.architecture, fingerprint, self.source)
+
+    def layer_count(self, site: SiteKind) -> int:
+        path = self.encoder_layers_path if site is SiteKind.ENCODER_FFN else self.decoder_layers_path
+        return len(self.model.get_submodule(path))
+
+    def site_path(self, site: SiteKind, layer: int) -> str:
+        if site is SiteKind.ENCODER_FFN:
+            return f"{self.encoder_layers_path}.{layer}.activation_fn"
+        return f"{self.decoder_layers_path}.{layer}"
+
+    def site_width(self, site: SiteKind) -> int:
+        if site is SiteKind.ENCODER_FFN:
+            return int(self.audio_config.encoder_ffn_dim)
+        return int(self.text_config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- audio -------------------------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.feature_extractor.sampling_rate)
+
+    @property
+    def max_clip_seconds(self) -> float:
+        """Longest clip the encoder sees in one window; longer audio must be refused or chunked."""
+        return float(self.feature_extractor.chunk_length)
+
+    def check_clips(self, clips: Sequence[Clip]) -> None:
+        """Refuse what the feature extractor would otherwise truncate or choke on."""
+        for index, clip in enumerate(clips):
+            if clip.ndim != 1 or len(clip) == 0:
+                raise ValueError(f"clip {index} must be a non-empty mono signal, got shape {tuple(clip.shape)}")
+            seconds = len(clip) / self.sample_rate
+            if seconds > self.max_clip_seconds:
+                raise ValueError(
+                    f"clip {index} is {seconds:.2f} s long; this model's audio window is {self.max_clip_seconds:g} s"
+                )
+
+    def encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
+        """Features for a batch of clips, ready for :meth:`run_encoder`."""
+        if not clips:
+            raise ValueError("an encoder batch needs at least one clip")
+        self.check_clips(clips)
+        return self._encoder_batch(clips)
+
+    def _encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
+        raise NotImplementedError
+
+    def run_encoder(self, batch: ModelBatch) -> None:
+        """Run the audio encoder alone (hooks may stop it after the layers they need)."""
+        raise NotImplementedError
+
+    def run_to_site(self, batch: ModelBatch, site: SiteKind) -> None:
+        """Run as far as the given site kind needs: the encoder alone, or the prompt's prefill."""
+        if site is SiteKind.ENCODER_FFN:
+            self.run_encoder(batch)
+        else:
+            self.model(**batch.inputs, use_cache=False)
+
+    # -- prompts -----------------------------------------------------------------------------------------
+
+    @property
+    def audio_token_id(self) -> int:
+        return int(self.model.config.audio_token_id)
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+        """Prompts with the model's own chat template; audio parts are ``{"type": "audio"}``.
+
+        ``clips`` are the conversations' audio parts in order, across the batch.
+        """
+        self.check_clips(clips)
+        return self._chat_batch(conversations, clips)
+
+    def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+        raise NotImplementedError
+
+    def decoder_layout(self, input_ids: torch.Tensor) -> FrameLayout:
+        """Audio-token positions of a prompt, by clip: each run of audio tokens is one clip, in order."""
+        is_audio = (input_ids == self.audio_token_id).reshape(-1)
+        previous = torch.cat([is_audio.new_zeros(1), is_audio[:-1]])
+        run_start = is_audio & ~previous
+        clip = torch.cumsum(run_start.long(), 0) - 1
+        return FrameLayout(torch.where(is_audio, clip, -1), int(run_start.sum()))
+
+    def generate(self, batch: ModelBatch, **generation: Any) -> torch.Tensor:
+        """New tokens only, (batch, new tokens), for a prompt batch."""
+        output = self.model.generate(**batch.inputs, **generation)
+        return output[:, batch.inputs["input_ids"].shape[1] :]
