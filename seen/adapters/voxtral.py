@@ -16,6 +16,8 @@ import torch
 from seen.adapters.base import AudioLM, Clip, Message, ModelBatch
 from seen.see import FrameLayout
 
+MEL_FRAMES_PER_TOKEN = 8
+"""Two conv strides of 2, then four encoder frames stacked into one projector input."""
 MAX_CLIP_SECONDS = 1800.0
 """Longest audio accepted per clip: Voxtral chunks long audio itself (its card states 30-40 minutes)."""
 
@@ -59,27 +61,52 @@ class Voxtral(AudioLM):
     def run_encoder(self, batch: ModelBatch) -> None:
         self.model.get_audio_features(batch.inputs["input_features"])
 
+    def _token(self, text: str) -> int:
+        return int(self.tokenizer.convert_tokens_to_ids(text))
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
-        if self.processor is None:
-            raise RuntimeError(
-                "Voxtral prompts need its processor (pip install 'mistral-common[audio]') and a tekken.json"
-            )
+        """Mistral's instruct layout, as mistral-common writes it for Voxtral.
+
+        ``<s>[INST][BEGIN_AUDIO][AUDIO]*n text[/INST]answer</s>[INST]...``, left-padded; a system
+        message is put before the first user turn's content. Built here from the tokenizer so that
+        serving Voxtral does not depend on mistral-common.
+        """
+        tokens_per_window = int(self.feature_extractor.nb_max_frames) // MEL_FRAMES_PER_TOKEN
         audio = iter(clips)
-        filled = [
-            [
-                {
-                    **message,
-                    "content": [
-                        {"type": "audio", "audio": next(audio)} if part.get("type") == "audio" else part
-                        for part in message["content"]
-                    ]
-                    if isinstance(message["content"], list)
-                    else message["content"],
-                }
-                for message in messages
-            ]
-            for messages in conversations
-        ]
-        inputs = self.processor.apply_chat_template(filled, add_generation_prompt=True, return_tensors="pt")
-        tensors = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
-        return ModelBatch(tensors, self._chunk_layout(clips), self.decoder_layout(tensors["input_ids"]))
+        rows = []
+        for messages in conversations:
+            row = [self._token("<s>")]
+            system = "".join(str(m["content"]) for m in messages if m["role"] == "system")
+            for message in (m for m in messages if m["role"] != "system"):
+                content = message["content"]
+                parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+                if message["role"] == "assistant":
+                    row += [ids for part in parts for ids in self._encode(part.get("text", ""))]
+                    row.append(self._token("</s>"))
+                    continue
+                row.append(self._token("[INST]"))
+                if system:
+                    row += self._encode(system + "\n\n")
+                    system = ""
+                for part in parts:
+                    if part.get("type") == "audio":
+                        windows = -(-len(next(audio)) // self._window_samples)
+                        row += [self._token("[BEGIN_AUDIO]")] + [self.audio_token_id] * windows * tokens_per_window
+                    else:
+                        row += self._encode(part.get("text", ""))
+                row.append(self._token("[/INST]"))
+            rows.append(row)
+        width = max(len(row) for row in rows)
+        pad = self._token("<pad>")
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+        attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        layout = FrameLayout(torch.zeros(0, dtype=torch.long), 0)
+        if clips:
+            encoded = self._encoder_batch(clips)
+            inputs["input_features"] = encoded.inputs["input_features"]
+            layout = encoded.encoder_layout
+        return ModelBatch(inputs, layout, self.decoder_layout(input_ids))

@@ -1,0 +1,118 @@
+"""The patch on real architectures (tiny random checkpoints loaded through the users' loading path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seen.adapters import AudioLM
+from seen.hooks import SiteKind
+from seen.patch import SeenPatch
+from seen.see import frame_see
+from tests.conftest import speechlike
+
+MESSAGE = {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What was said?"}]}
+
+
+def _random_bases(lm: AudioLM, site: SiteKind, k: int = 3) -> tuple[list[str], dict[str, list[torch.Tensor]]]:
+    generator = torch.Generator().manual_seed(5)
+    count, width = lm.layer_count(site), lm.site_width(site)
+    paths = [lm.site_path(site, layer) for layer in range(count)]
+    bases = {
+        name: [torch.linalg.qr(torch.randn(width, k, generator=generator))[0] for _ in paths]
+        for name in ("white", "babble")
+    }
+    return paths, bases
+
+
+def _clips() -> list:
+    return [speechlike(1.3, seed=1), speechlike(3.1, seed=2), speechlike(0.7, seed=3)]
+
+
+@torch.inference_mode()
+def test_zero_strength_and_removal_leave_generation_bit_identical(any_lm: AudioLM) -> None:
+    batch = any_lm.chat_batch([[MESSAGE]] * 2, _clips()[:2])
+    before = any_lm.model(**batch.inputs).logits
+    paths, bases = _random_bases(any_lm, SiteKind.ENCODER_FFN)
+    patch = SeenPatch(any_lm.model, paths, bases)
+    with patch.installed():
+        with patch.scope(batch.encoder_layout, torch.zeros(2)):
+            assert torch.equal(any_lm.model(**batch.inputs).logits, before)
+        with patch.scope(batch.encoder_layout, torch.ones(2)):
+            assert not torch.equal(any_lm.model(**batch.inputs).logits, before)
+    assert sum(len(m._forward_hooks) for m in any_lm.model.modules()) == 0
+    assert torch.equal(any_lm.model(**batch.inputs).logits, before)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("site", list(SiteKind))
+def test_batched_see_equals_one_clip_at_a_time(any_lm: AudioLM, site: SiteKind) -> None:
+    clips = _clips()
+    paths, bases = _random_bases(any_lm, site)
+    patch = SeenPatch(any_lm.model, paths, bases)
+
+    def see(clip_list: list) -> torch.Tensor:
+        batch = any_lm.chat_batch([[MESSAGE]] * len(clip_list), clip_list)
+        with patch.scope(batch.layout(site), torch.full((len(clip_list),), 0.5)) as readout:
+            any_lm.model(**batch.inputs)
+        report = readout.report()
+        return torch.cat([report.per_layer, report.residual_per_layer[..., None]], dim=-1)
+
+    batched = see(clips)
+    alone = torch.cat([see([clip]) for clip in clips])
+    assert torch.all((batched >= 0) & (batched <= 1))
+    assert batched.abs().sum() > 0
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+@torch.inference_mode()
+def test_lambda_one_empties_the_noise_subspace_at_the_layer(any_lm: AudioLM) -> None:
+    batch = any_lm.encoder_batch(_clips()[:2])
+    paths, bases = _random_bases(any_lm, SiteKind.ENCODER_FFN)
+    patch = SeenPatch(any_lm.model, paths, bases)
+    passed_on: list[torch.Tensor] = []
+    with patch.installed():
+        module = any_lm.model.get_submodule(paths[0])
+        handle = module.register_forward_hook(lambda _m, _i, out: passed_on.append(out.detach().clone()))
+        try:
+            with patch.scope(batch.encoder_layout, torch.ones(2)) as readout:
+                any_lm.run_encoder(batch)
+        finally:
+            handle.remove()
+    flat = passed_on[0].reshape(-1, passed_on[0].shape[-1])
+    valid = batch.encoder_layout.frame_clip >= 0
+    residual = frame_see(flat[valid], flat[valid] @ bases["white"][0])
+    assert readout.report().per_layer[:, 0, 0].min() > 1e-4
+    assert residual.max() < 1e-8
+
+
+@torch.inference_mode()
+def test_generation_runs_with_seen_on_and_decode_steps_pass_through(any_lm: AudioLM) -> None:
+    batch = any_lm.chat_batch([[MESSAGE]] * 2, _clips()[:2])
+    for site in SiteKind:
+        paths, bases = _random_bases(any_lm, site)
+        patch = SeenPatch(any_lm.model, paths, bases)
+        with patch.scope(batch.layout(site), torch.ones(2), torch.tensor([0, 1])) as readout:
+            tokens = any_lm.generate(batch, max_new_tokens=4, do_sample=False)
+        assert tokens.shape == (2, 4)
+        assert readout.report().residual.max() < 1e-5
+
+
+def test_clips_longer_than_the_window_are_refused(any_lm: AudioLM) -> None:
+    too_long = speechlike(any_lm.max_clip_seconds + 0.5, seed=4)
+    with pytest.raises(ValueError, match="audio window"):
+        any_lm.encoder_batch([too_long])
+
+
+def test_voxtral_prompt_matches_the_processor_layout(model_dirs: dict) -> None:
+    """The adapter's Voxtral prompt equals the layout mistral-common produces (as rebuilt in tiny_models)."""
+    from seen.adapters import load_audio_lm
+    from tests.tiny_models import voxtral_audio_inputs
+
+    lm = load_audio_lm(str(model_dirs["voxtral"]))
+    clips = _clips()[:2]
+    message = {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What was said?"}]}
+    batch = lm.chat_batch([[message]] * 2, clips)
+    expected = voxtral_audio_inputs(lm.tokenizer, lm.feature_extractor, clips, "What was said?")
+    for key in ("input_ids", "attention_mask", "input_features"):
+        torch.testing.assert_close(batch.inputs[key], expected[key], rtol=0, atol=0)
