@@ -102,7 +102,7 @@ def test_explicit_layers_and_decoder_site(model_dirs: dict[str, Path]) -> None:
     assert result.bundle.layers == [1]
     assert result.bundle.paths == ["model.language_model.layers.1"]
     assert result.bundle.calibration["layer_selection"] == "explicit"
-    with pytest.raises(ValueError, match="subset of 0..1"):
+    with pytest.raises(ValueError, match=r"subset of 0\.\.1"):
         calibrate(lm, clean, [_noise_set("pink", 6)], CalibrationConfig(layers=[7]))
     with pytest.raises(ValueError, match="empty"):
         calibrate(lm, ClipSet("clean", []), [_noise_set("pink", 2)], CalibrationConfig())
