@@ -1,0 +1,35 @@
+"""Imports point one way: cli -> (calibration, service) -> seen, never back."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "seen": {"calibration", "service", "cli", "tests"},
+    "calibration": {"service", "cli", "tests"},
+    "service": {"calibration", "cli", "tests"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_points_up(package: str) -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_imported_packages(path) & FORBIDDEN[package])
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert {file: names for file, names in offenders.items() if names} == {}
