@@ -130,6 +130,17 @@ class AudioLM:
                     f"clip {index} is {seconds:.2f} s long; this model's audio window is {self.max_clip_seconds:g} s"
                 )
 
+    def window_features(self, clips: Sequence[Clip]) -> dict[str, torch.Tensor]:
+        """Log-mel features padded to the window, with the mask of real mel frames."""
+        features = self.feature_extractor(
+            list(clips),
+            sampling_rate=self.sample_rate,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        return {"input_features": features["input_features"], "feature_attention_mask": features["attention_mask"]}
+
     def encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
         """Features for a batch of clips, ready for :meth:`run_encoder`."""
         if not clips:

@@ -23,18 +23,8 @@ def _encoder_frames(mel_lengths: torch.Tensor) -> torch.Tensor:
 class Qwen25OmniThinker(AudioLM):
     architecture = "Qwen2_5OmniThinkerForConditionalGeneration"
 
-    def _features(self, clips: Sequence[Clip]) -> dict[str, torch.Tensor]:
-        features = self.feature_extractor(
-            list(clips),
-            sampling_rate=self.sample_rate,
-            return_attention_mask=True,
-            padding="max_length",
-            return_tensors="pt",
-        )
-        return {"input_features": features["input_features"], "feature_attention_mask": features["attention_mask"]}
-
     def _encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
-        inputs = self._features(clips)
+        inputs = self.window_features(clips)
         return ModelBatch(inputs, FrameLayout.packed(_encoder_frames(inputs["feature_attention_mask"].sum(-1))))
 
     def run_encoder(self, batch: ModelBatch) -> None:
@@ -44,7 +34,7 @@ class Qwen25OmniThinker(AudioLM):
 
     def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
         audio_token = self.tokenizer.convert_ids_to_tokens(self.audio_token_id)
-        features = self._features(clips) if clips else {}
+        features = self.window_features(clips) if clips else {}
         frames = _encoder_frames(features["feature_attention_mask"].sum(-1)) if clips else torch.zeros(0)
         tokens_per_clip = iter(((frames - 2) // 2 + 1).tolist())
         prompts = []

@@ -29,14 +29,7 @@ class Qwen2Audio(AudioLM):
         return FrameLayout.padded(self._valid_frames(feature_mask), window_frames)
 
     def _encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
-        features = self.feature_extractor(
-            list(clips),
-            sampling_rate=self.sample_rate,
-            return_attention_mask=True,
-            padding="max_length",
-            return_tensors="pt",
-        )
-        inputs = {"input_features": features["input_features"], "feature_attention_mask": features["attention_mask"]}
+        inputs = self.window_features(clips)
         return ModelBatch(inputs, self._layout(inputs["input_features"], inputs["feature_attention_mask"]))
 
     def run_encoder(self, batch: ModelBatch) -> None:
