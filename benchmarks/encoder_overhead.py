@@ -1,0 +1,244 @@
+"""Wall-time overhead of the SEEN patch on a full-size Qwen2-Audio encoder forward.
+
+Why this is built the way it is:
+
+* The model is the released encoder's shape (32 layers, d_model 1280, FFN 5120, one 30 s window of
+  1500 frames) with random weights: timing depends on shapes, not on trained values, and no checkpoint
+  is needed. The hooks sit on the FFN activations of the last ``--hooked`` layers, as in serving.
+* What is timed is what a served request pays: building the frame layout, entering the scope, the
+  forward with the hooks, and ``readout.report()``, the one host sync after the forward. Installing
+  the hooks is not timed: a server installs them once for its lifetime.
+* The variants are measured interleaved in one process, in rounds that run each variant once (order
+  reversed every other round), after warm-up rounds. Forward time drifts (other load on a shared
+  machine, clocks, allocator state) by more than the few percent to resolve; interleaving makes the
+  drift hit every variant alike so it cancels in the ratios. The per-round ("paired") ratio is printed
+  too, as the estimate least sensitive to drift.
+
+Run as ``python -m benchmarks.encoder_overhead [--device cpu|cuda] [--dtype float32|bfloat16] ...``.
+On CPU the number of timed rounds defaults to what fits in ``--budget-s`` after warm-up (at least 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from transformers import Qwen2AudioEncoderConfig
+from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+from seen.patch import SeenPatch, SeeReport
+from seen.see import FrameLayout
+
+TARGET_RATIO = 1.03
+WINDOW_FRAMES = 1500  # encoder frames of one 30 s window (3000 mel frames, conv2 stride 2)
+FFN_DIM = 5120
+PROFILES = ("merged", "white", "pink", "brown", "babble", "engine", "wind")
+
+
+@dataclass
+class Variant:
+    """One measured configuration: how to run a forward, and the patch to hold installed while it runs."""
+
+    label: str
+    run: Callable[[], SeeReport | None]
+    patch: SeenPatch | None = None
+    times: list[float] = field(default_factory=list)
+
+
+def build_encoder(layers: int, device: torch.device, dtype: torch.dtype) -> tuple[Qwen2AudioEncoder, str]:
+    """Random-initialised encoder of the released size (``layers`` deep), eval mode, on ``device``/``dtype``."""
+    config = Qwen2AudioEncoderConfig(
+        encoder_layers=layers,
+        d_model=1280,
+        encoder_attention_heads=20,
+        encoder_ffn_dim=FFN_DIM,
+        num_mel_bins=128,
+        max_source_positions=WINDOW_FRAMES,
+    )
+    try:
+        encoder = Qwen2AudioEncoder._from_config(config, attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        encoder = Qwen2AudioEncoder._from_config(config)
+    encoder = encoder.to(device=device, dtype=dtype).eval()
+    return encoder, str(encoder.config._attn_implementation)
+
+
+def random_bases(
+    profiles: Sequence[str], n_layers: int, k: int, generator: torch.Generator
+) -> dict[str, list[torch.Tensor]]:
+    """One random orthonormal (FFN_DIM x k) basis per profile and hooked layer (float32, host)."""
+    return {
+        name: [torch.linalg.qr(torch.randn(FFN_DIM, k, generator=generator)).Q for _ in range(n_layers)]
+        for name in profiles
+    }
+
+
+def plain_forward(encoder: nn.Module, features: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        encoder(features, attention_mask=None)
+
+    return run
+
+
+def patched_forward(
+    encoder: nn.Module, patch: SeenPatch, features: torch.Tensor, valid_frames: torch.Tensor
+) -> Callable[[], SeeReport]:
+    strength = torch.ones(valid_frames.shape[0])  # SEEN on: lambda 1 for every clip
+
+    def run() -> SeeReport:
+        layout = FrameLayout.padded(valid_frames, WINDOW_FRAMES)
+        with patch.scope(layout, strength=strength) as readout:
+            encoder(features, attention_mask=None)
+        return readout.report()
+
+    return run
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(variant: Variant, device: torch.device) -> tuple[float, SeeReport | None]:
+    """Seconds of one forward of ``variant``; hooks are installed outside the timed region."""
+    with ExitStack() as stack:
+        if variant.patch is not None:
+            stack.enter_context(variant.patch.installed())
+        gc.collect()
+        synchronize(device)
+        start = time.perf_counter()
+        report = variant.run()
+        synchronize(device)
+        return time.perf_counter() - start, report
+
+
+def check_report(report: SeeReport | None, label: str, clips: int, layers: int, profiles: int) -> None:
+    """Fail loudly if the hooks did not fire: a patch that never runs would look free."""
+    if report is None:
+        raise RuntimeError(f"{label}: no SEE report")
+    if tuple(report.per_layer.shape) != (clips, layers, profiles) or not bool((report.per_layer > 0).all()):
+        raise RuntimeError(f"{label}: hooks did not score every layer (SEE {report.per_layer.tolist()})")
+
+
+def run_round(variants: Sequence[Variant], device: torch.device, reverse: bool, record: bool) -> list[SeeReport | None]:
+    """Run every variant once (in reverse order if asked); reports come back in ``variants`` order."""
+    reports: dict[int, SeeReport | None] = {}
+    for index in reversed(range(len(variants))) if reverse else range(len(variants)):
+        seconds, reports[index] = timed(variants[index], device)
+        if record:
+            variants[index].times.append(seconds)
+    return [reports[index] for index in range(len(variants))]
+
+
+def print_table(variants: Sequence[Variant]) -> None:
+    baseline = np.asarray(variants[0].times)
+    print(f"{'variant':<34}{'median ms':>11}{'p10 ms':>11}{'p90 ms':>11}{'ratio':>8}{'paired':>8}")
+    for variant in variants:
+        times = np.asarray(variant.times)
+        p10, median, p90 = np.percentile(times * 1e3, [10, 50, 90])
+        ratio = float(np.median(times) / np.median(baseline))
+        paired = float(np.median(times / baseline))
+        print(f"{variant.label:<34}{median:>11.1f}{p10:>11.1f}{p90:>11.1f}{ratio:>8.4f}{paired:>8.4f}")
+    print("ratio = median(variant) / median(a); paired = median over rounds of variant / (a) of the same round")
+    rounds = zip(*(variant.times for variant in variants), strict=True)
+    print("per round (ms, a/b/c): " + "  ".join("/".join(f"{t * 1e3:.0f}" for t in times) for times in rounds))
+    verdicts = []
+    for variant in variants[1:]:
+        ratio = float(np.median(variant.times) / np.median(baseline))
+        verdicts.append(f"{variant.label.split()[0]} {ratio:.4f} {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
+    print(f"target: ratio <= {TARGET_RATIO:.2f} -> " + ", ".join(verdicts))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 50 on cuda, auto on cpu)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default: 5 on cuda, 1 on cpu)")
+    parser.add_argument("--budget-s", type=float, default=210.0, help="cpu: seconds of timed rounds to aim for")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--hooked", type=int, default=9, help="hook the FFN activation of the last N layers")
+    parser.add_argument("--k", type=int, default=10, help="basis columns per profile and layer")
+    parser.add_argument("--batch", type=int, default=1, help="30 s clips per forward")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not 0 < args.hooked <= args.layers:
+        parser.error("--hooked must be between 1 and --layers")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    with torch.inference_mode():
+        build_start = time.perf_counter()
+        encoder, attention = build_encoder(args.layers, device, dtype)
+        build_s = time.perf_counter() - build_start
+        paths = [f"layers.{i}.activation_fn" for i in range(args.layers - args.hooked, args.layers)]
+        single = SeenPatch(encoder, paths, random_bases(PROFILES[:1], len(paths), args.k, generator))
+        bundle = SeenPatch(encoder, paths, random_bases(PROFILES, len(paths), args.k, generator))
+        features = torch.randn(args.batch, 128, 2 * WINDOW_FRAMES, generator=generator).to(device, dtype)
+        valid_frames = torch.tensor([WINDOW_FRAMES] * args.batch)
+        variants = [
+            Variant("(a) no patch", plain_forward(encoder, features)),
+            Variant(
+                f"(b) SEEN, 1 profile (k={args.k})", patched_forward(encoder, single, features, valid_frames), single
+            ),
+            Variant(
+                f"(c) SEEN, {len(PROFILES)} profiles (k={args.k} each)",
+                patched_forward(encoder, bundle, features, valid_frames),
+                bundle,
+            ),
+        ]
+
+        print(
+            f"config: device={device} dtype={args.dtype} torch={torch.__version__} "
+            f"transformers={transformers.__version__} threads={torch.get_num_threads()} "
+            f"interop_threads={torch.get_num_interop_threads()} attention={attention}"
+        )
+        if device.type == "cuda":
+            print(f"gpu: {torch.cuda.get_device_name(device)}")
+        print(
+            f"encoder: {args.layers} layers, d_model 1280, ffn {FFN_DIM}, input ({args.batch}, 128, "
+            f"{2 * WINDOW_FRAMES}), built in {build_s:.1f}s; hooked: {paths[0]} .. {paths[-1]} ({len(paths)} layers)",
+            flush=True,
+        )
+
+        warmup = max(1, args.warmup if args.warmup is not None else (5 if device.type == "cuda" else 1))
+        for index in range(warmup):
+            start = time.perf_counter()
+            reports = run_round(variants, device, reverse=index % 2 == 1, record=False)
+            round_s = time.perf_counter() - start
+        for variant, report in zip(variants[1:], reports[1:], strict=True):
+            assert variant.patch is not None
+            check_report(report, variant.label, args.batch, len(paths), len(variant.patch.profiles))
+
+        repeats = args.repeats
+        if repeats is None:
+            repeats = 50 if device.type == "cuda" else max(3, int(args.budget_s // round_s))
+        print(
+            f"rounds: {warmup} warm-up + {repeats} timed, each round runs (a), (b), (c) once, order "
+            f"reversed every other round; last warm-up round {round_s:.1f}s",
+            flush=True,
+        )
+        for index in range(repeats):
+            run_round(variants, device, reverse=index % 2 == 1, record=True)
+
+    print()
+    print_table(variants)
+
+
+if __name__ == "__main__":
+    main()
