@@ -13,6 +13,12 @@ Why this is built the way it is:
   machine, clocks, allocator state) by more than the few percent to resolve; interleaving makes the
   drift hit every variant alike so it cancels in the ratios. The per-round ("paired") ratio is printed
   too, as the estimate least sensitive to drift.
+* On a shared machine a forward can still swing by more than the overhead from one forward to the
+  next. So on CPU the patch's hook bodies are also timed inside the same forwards (a hook registered
+  before and one after each SEEN hook; microseconds in all): their share of the rest of the forward
+  needs no second forward to compare with, and is the direct lower bound of the overhead (it leaves
+  out the scope set-up, the readout and any cache effects). On CUDA hooks only enqueue work, so the
+  share is not measured there.
 
 Run as ``python -m benchmarks.encoder_overhead [--device cpu|cuda] [--dtype float32|bfloat16] ...``.
 On CPU the number of timed rounds defaults to what fits in ``--budget-s`` after warm-up (at least 3).
@@ -23,9 +29,10 @@ from __future__ import annotations
 import argparse
 import gc
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +41,7 @@ from torch import nn
 from transformers import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
+from seen.hooks import resolve_modules
 from seen.patch import SeenPatch, SeeReport
 from seen.see import FrameLayout
 
@@ -50,7 +58,38 @@ class Variant:
     label: str
     run: Callable[[], SeeReport | None]
     patch: SeenPatch | None = None
+    hook_timer: HookTimer | None = None
     times: list[float] = field(default_factory=list)
+    hook_times: list[float] = field(default_factory=list)
+
+
+class HookTimer:
+    """Seconds spent inside the hooks registered on ``modules`` between :meth:`bracketing`'s two hooks."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self._modules = list(modules)
+        self._start = 0.0
+        self.total = 0.0
+
+    def _begin(self, _module: nn.Module, _inputs: Any, _output: Any) -> None:
+        self._start = time.perf_counter()
+
+    def _end(self, _module: nn.Module, _inputs: Any, _output: Any) -> None:
+        self.total += time.perf_counter() - self._start
+
+    @contextmanager
+    def bracketing(self) -> Iterator[HookTimer]:
+        """Register around the hooks already on the modules (enter after ``patch.installed()``)."""
+        handles = []
+        try:
+            for module in self._modules:
+                handles.append(module.register_forward_hook(self._begin, prepend=True))
+                handles.append(module.register_forward_hook(self._end))
+            self.total = 0.0
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def build_encoder(layers: int, device: torch.device, dtype: torch.dtype) -> tuple[Qwen2AudioEncoder, str]:
@@ -107,17 +146,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(variant: Variant, device: torch.device) -> tuple[float, SeeReport | None]:
-    """Seconds of one forward of ``variant``; hooks are installed outside the timed region."""
+def timed(variant: Variant, device: torch.device) -> tuple[float, float, SeeReport | None]:
+    """Seconds of one forward of ``variant`` and of its hook bodies; hooks are installed outside the timed region."""
     with ExitStack() as stack:
         if variant.patch is not None:
             stack.enter_context(variant.patch.installed())
+        timer = stack.enter_context(variant.hook_timer.bracketing()) if variant.hook_timer is not None else None
         gc.collect()
         synchronize(device)
         start = time.perf_counter()
         report = variant.run()
         synchronize(device)
-        return time.perf_counter() - start, report
+        seconds = time.perf_counter() - start
+        return seconds, timer.total if timer is not None else 0.0, report
 
 
 def check_report(report: SeeReport | None, label: str, clips: int, layers: int, profiles: int) -> None:
@@ -132,9 +173,10 @@ def run_round(variants: Sequence[Variant], device: torch.device, reverse: bool, 
     """Run every variant once (in reverse order if asked); reports come back in ``variants`` order."""
     reports: dict[int, SeeReport | None] = {}
     for index in reversed(range(len(variants))) if reverse else range(len(variants)):
-        seconds, reports[index] = timed(variants[index], device)
+        seconds, hook_seconds, reports[index] = timed(variants[index], device)
         if record:
             variants[index].times.append(seconds)
+            variants[index].hook_times.append(hook_seconds)
     return [reports[index] for index in range(len(variants))]
 
 
@@ -155,6 +197,16 @@ def print_table(variants: Sequence[Variant]) -> None:
         ratio = float(np.median(variant.times) / np.median(baseline))
         verdicts.append(f"{variant.label.split()[0]} {ratio:.4f} {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
     print(f"target: ratio <= {TARGET_RATIO:.2f} -> " + ", ".join(verdicts))
+    timed_hooks = [variant for variant in variants if variant.hook_timer is not None]
+    if timed_hooks:
+        print("in-hook time, measured inside the same forwards (immune to drift between forwards):")
+    for variant in timed_hooks:
+        hooks, times = np.asarray(variant.hook_times), np.asarray(variant.times)
+        share = float(np.median(hooks / (times - hooks)))
+        print(
+            f"  {variant.label:<32} median {np.median(hooks) * 1e3:.1f} ms per forward = {share:.2%} of the rest "
+            f"of the forward -> ratio >= {1 + share:.4f}"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -189,17 +241,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         paths = [f"layers.{i}.activation_fn" for i in range(args.layers - args.hooked, args.layers)]
         single = SeenPatch(encoder, paths, random_bases(PROFILES[:1], len(paths), args.k, generator))
         bundle = SeenPatch(encoder, paths, random_bases(PROFILES, len(paths), args.k, generator))
+        hook_timer = HookTimer(resolve_modules(encoder, paths)) if device.type == "cpu" else None
         features = torch.randn(args.batch, 128, 2 * WINDOW_FRAMES, generator=generator).to(device, dtype)
         valid_frames = torch.tensor([WINDOW_FRAMES] * args.batch)
         variants = [
             Variant("(a) no patch", plain_forward(encoder, features)),
             Variant(
-                f"(b) SEEN, 1 profile (k={args.k})", patched_forward(encoder, single, features, valid_frames), single
+                f"(b) SEEN, 1 profile (k={args.k})",
+                patched_forward(encoder, single, features, valid_frames),
+                single,
+                hook_timer,
             ),
             Variant(
                 f"(c) SEEN, {len(PROFILES)} profiles (k={args.k} each)",
                 patched_forward(encoder, bundle, features, valid_frames),
                 bundle,
+                hook_timer,
             ),
         ]
 
