@@ -103,9 +103,4 @@ def pool_by_clip(values: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
 
 def pool_rows_by_clip(acts: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
     """Mean activation vector of each clip over its valid frames: (N, D) -> (n_clips, D), float32."""
-    valid = (layout.frame_clip >= 0).to(torch.float32)
-    index = layout.frame_clip.clamp_min(0)
-    rows = acts.to(torch.float32) * valid[:, None]
-    sums = rows.new_zeros(layout.n_clips, acts.shape[-1]).index_add_(0, index, rows)
-    counts = valid.new_zeros(layout.n_clips).index_add_(0, index, valid)
-    return sums / counts.clamp_min(1.0)[:, None]
+    return pool_by_clip(acts.to(torch.float32), layout)
