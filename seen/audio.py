@@ -98,6 +98,14 @@ def decode_audio(
     return mono
 
 
+def split_into_windows(samples: NDArray[np.float32], rate: int, window_seconds: float) -> list[NDArray[np.float32]]:
+    """Consecutive window-long segments covering every sample (the last may be shorter), in order."""
+    window = int(window_seconds * rate)
+    if window <= 0:
+        raise ValueError(f"window must hold at least one sample, got {window_seconds} s at {rate} Hz")
+    return [samples[start : start + window] for start in range(0, len(samples), window)]
+
+
 def load_audio_file(path: str | Path, target_rate: int, max_seconds: float | None = None) -> NDArray[np.float32]:
     """Decode a file through :func:`decode_audio` so files and uploads can never disagree.
 

@@ -105,6 +105,8 @@ class NoiseBundle:
     default_profile: str = MERGED_PROFILE
     default_strength: float = 1.0
     calibration: dict[str, Any] = field(default_factory=dict)
+    bases_sha256: str = ""
+    """Checksum of ``bases.safetensors`` when loaded from disk: the bundle's identity in logs and metrics."""
 
     def __post_init__(self) -> None:
         if len(self.layers) != len(self.paths):
@@ -213,6 +215,7 @@ def _from_manifest(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -
         default_profile=manifest["default_profile"],
         default_strength=float(manifest["default_strength"]),
         calibration=manifest.get("calibration", {}),
+        bases_sha256=str(manifest["bases_sha256"]),
     )
 
 

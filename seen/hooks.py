@@ -18,6 +18,7 @@ from torch import nn
 from seen.see import FrameLayout, pool_rows_by_clip
 
 Hook = Callable[[nn.Module, Any, Any], Any]
+PreHook = Callable[[nn.Module, Any], Any]
 
 
 class SiteKind(StrEnum):
@@ -48,12 +49,16 @@ def resolve_modules(model: nn.Module, paths: Sequence[str]) -> list[nn.Module]:
 
 
 @contextmanager
-def hooks_installed(modules: Sequence[nn.Module], hooks: Sequence[Hook]) -> Iterator[None]:
-    """Register one forward hook per module for the duration of the block."""
+def hooks_installed(
+    modules: Sequence[nn.Module], hooks: Sequence[Hook], pre_hooks: Sequence[PreHook] | None = None
+) -> Iterator[None]:
+    """Register one forward hook (and optionally one pre-hook) per module for the duration of the block."""
     handles = []
     try:
         for module, hook in zip(modules, hooks, strict=True):
             handles.append(module.register_forward_hook(hook))
+        for module, pre_hook in zip(modules, pre_hooks or [], strict=pre_hooks is not None):
+            handles.append(module.register_forward_pre_hook(pre_hook))
         yield
     finally:
         for handle in handles:

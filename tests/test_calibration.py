@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from calibration.data import load_clip_set, split_into_windows
+from calibration.data import calibration_segments, load_clip_set
 from calibration.importer import bundle_from_bases, read_basis_list
 from calibration.pipeline import CalibrationConfig, ClipSet, calibrate
 from seen.adapters import load_audio_lm
@@ -136,8 +136,9 @@ def test_import_refuses_pickled_objects(tmp_path: Path) -> None:
 
 def test_long_clips_are_split_not_truncated(tmp_path: Path) -> None:
     clip = np.ones(16000 * 12, dtype=np.float32) * 0.1
-    segments = split_into_windows(clip, 16000, 5.0)
+    segments = calibration_segments(clip, 16000, 5.0)
     assert [len(s) for s in segments] == [80000, 80000, 32000]
+    assert [len(s) for s in calibration_segments(clip[:83000], 16000, 5.0)] == [80000]  # 0.19 s tail dropped
     sf.write(tmp_path / "a.wav", clip, 16000)
     loaded = load_clip_set("clean", tmp_path, 16000, 5.0)
     assert len(loaded.clips) == 3 and loaded.fingerprint.endswith(":1files")

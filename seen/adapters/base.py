@@ -86,6 +86,11 @@ class AudioLM:
         }
         return ModelIdentity(self.architecture, fingerprint, self.source)
 
+    @property
+    def encoder_path(self) -> str:
+        """The audio encoder module (parent of its layers)."""
+        return self.encoder_layers_path.rsplit(".", 1)[0]
+
     def layer_count(self, site: SiteKind) -> int:
         path = self.encoder_layers_path if site is SiteKind.ENCODER_FFN else self.decoder_layers_path
         return len(self.model.get_submodule(path))
