@@ -1,0 +1,56 @@
+"""``seen serve``: start the HTTP service; every setting is an option, the environment fills the rest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import typing
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.config import CONFIG_FILE_VARIABLE, Settings
+
+
+def _option_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) in (typing.Union, type(int | None)) and args else annotation
+    if typing.get_origin(base) is typing.Annotated:
+        base = typing.get_args(base)[0]
+    if base is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(base) is typing.Literal:
+        return str, {"choices": list(typing.get_args(base))}
+    if base in (int, float):
+        return base, {}
+    return str, {}
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve a model with its noise bundle over HTTP (OpenAI-compatible)",
+        description="Every option is also read from SEEN_<OPTION> in the environment; options win.",
+    )
+    parser.add_argument("--config", help=f"TOML file of settings (same as {CONFIG_FILE_VARIABLE})")
+    for name, field in Settings.model_fields.items():
+        kind, extra = _option_type(field.annotation)
+        help_text = (field.description or "").replace("%", "%%")
+        if kind is not None:
+            extra["type"] = kind
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text, **extra)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.server import serve  # uvicorn and the app are only imported when serving
+
+    if args.config:
+        os.environ[CONFIG_FILE_VARIABLE] = args.config
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"invalid settings: {problems}") from error
+    return serve(settings)

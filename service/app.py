@@ -1,0 +1,146 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; nothing happens at import time.
+
+The bundle is read at once (it is small, and a bad one should stop the server before it listens).
+The model loads in the background after start-up so that ``/health`` answers while it does;
+``/ready`` turns 200 once the model is loaded, checked against the bundle, patched, and a warm-up
+request has gone through the engine. A load failure is logged, reported by ``/ready``, and passed
+to ``on_fatal`` (the server uses it to exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import torch
+from fastapi import FastAPI
+
+from seen import __version__
+from seen.adapters import load_audio_lm
+from seen.bundle import NoiseBundle
+from seen.noise import generate_noise
+from service.config import Settings
+from service.engine.engine import Engine
+from service.engine.protocol import GenerateJob, Sampling, ScoreJob
+from service.engine.report import Control, NoisePolicy
+from service.engine.runner import ModelBackend
+from service.errors import install_error_handlers
+from service.inputs import AudioLimits
+from service.metrics import ServiceMetrics, see_buckets
+from service.middleware import BodyLimit, RequestMetrics
+from service.routers import audio, chat, health, models, see
+from service.serving import ServiceState
+
+logger = logging.getLogger(__name__)
+ROUTERS = (chat.router, audio.router, see.router, models.router, health.router)
+WARMUP_SECONDS = 1.0
+BODY_OVERHEAD = 4 / 3  # base64 inflation of audio inside JSON
+BODY_SLACK_BYTES = 1 << 20
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def _policy(settings: Settings, bundle: NoiseBundle) -> NoisePolicy:
+    policy = NoisePolicy(bundle, noisy_threshold=settings.noisy_threshold, adaptive=settings.adaptive)
+    policy.check_profile(settings.default_profile or bundle.default_profile)
+    return policy
+
+
+async def load_model(state: ServiceState) -> None:
+    """Load, check, patch and warm up; the engine only becomes visible once all of it passed."""
+    settings = state.settings
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    started = time.perf_counter()
+    lm = await asyncio.to_thread(load_audio_lm, settings.model, device=device, dtype=dtype)
+    backend = ModelBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)
+    engine = Engine(
+        backend,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_seconds=settings.batch_wait_seconds,
+        max_queue_size=settings.max_queue_size,
+    )
+    engine.start()
+    state.limits = AudioLimits(
+        sample_rate=lm.sample_rate,
+        max_seconds=settings.max_audio_seconds,
+        window_seconds=lm.max_clip_seconds,
+        chunk_long_audio=settings.chunk_long_audio,
+        max_bytes=settings.max_audio_bytes,
+        url_allowlist=tuple(settings.audio_url_allowlist),
+    )
+    state.engine = engine
+    if settings.warmup:
+        clip = 0.05 * generate_noise("pink", int(WARMUP_SECONDS * lm.sample_rate), lm.sample_rate, seed=0)
+        conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Warm-up."}]}]
+        control = Control(enabled=True, strength=state.bundle.default_strength, profile=state.bundle.default_profile)
+        await engine.score(ScoreJob(conversation, [clip], control))
+        await engine.generate(GenerateJob(conversation, [clip], control, sampling=Sampling(max_tokens=2)))
+    engine.attach_metrics(state.metrics)
+    state.metrics.describe_model(
+        lm.architecture, state.bundle.bases_sha256, state.bundle.site.value, list(state.bundle.profiles)
+    )
+    state.ready = True
+    logger.info("ready: %s on %s (%s) in %.1f s", state.model_name, device, dtype, time.perf_counter() - started)
+
+
+def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None] | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not settings.model or not settings.bundle:
+        raise ValueError("set the model and its noise bundle (SEEN_MODEL and SEEN_BUNDLE, or --model and --bundle)")
+    bundle = NoiseBundle.load(settings.bundle)
+    metrics = ServiceMetrics(settings.model_name, see_buckets(bundle, settings.see_buckets))
+    state = ServiceState(settings=settings, bundle=bundle, policy=_policy(settings, bundle), metrics=metrics)
+
+    async def load_in_background() -> None:
+        try:
+            await load_model(state)
+        except Exception as error:
+            state.load_error = str(error)
+            logger.error("cannot serve %s with bundle %s: %s", settings.model, settings.bundle, error)
+            if on_fatal is not None:
+                on_fatal()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state.created = int(time.time())
+        state.http = httpx.AsyncClient(timeout=10.0, follow_redirects=False) if settings.audio_url_allowlist else None
+        state.loader = asyncio.create_task(load_in_background())
+        try:
+            yield
+        finally:
+            state.ready = False
+            state.loader.cancel()
+            await asyncio.gather(state.loader, return_exceptions=True)
+            if state.engine is not None:
+                await state.engine.stop()
+                close = getattr(state.engine.backend, "close", None)
+                if close is not None:
+                    close()
+            if state.http is not None:
+                await state.http.aclose()
+
+    app = FastAPI(title="seen", version=__version__, lifespan=lifespan)
+    app.state.service = state
+    for router in ROUTERS:
+        app.include_router(router)
+    install_error_handlers(app, metrics)
+    body_limit = int(settings.max_audio_bytes * BODY_OVERHEAD) + BODY_SLACK_BYTES
+    app.add_middleware(BodyLimit, max_bytes=body_limit, metrics=metrics)
+    endpoints = [getattr(route, "path", "") for route in app.routes]
+    app.add_middleware(RequestMetrics, metrics=metrics, endpoints=endpoints)
+    return app

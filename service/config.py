@@ -1,0 +1,134 @@
+"""The service's one settings object: environment (``SEEN_*``), an optional TOML file, then defaults.
+
+``seen serve`` options are passed as init arguments and win over both. Lists may be given in the
+environment as JSON (``["a","b"]``) or comma-separated (``a,b``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_VARIABLE = "SEEN_CONFIG_FILE"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; every field is also ``SEEN_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEEN_", extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
+
+    model: str = ""
+    """Model folder or hub id of the audio-language model to serve."""
+    bundle: str = ""
+    """Folder of the noise-basis bundle made for that model by ``seen calibrate``."""
+    served_model_name: str = ""
+    """Name clients pass as ``model`` and the ``model_name`` metric label (default: the model folder's name)."""
+    device: str = "auto"
+    """Torch device: ``auto`` (the first GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; ``auto`` is bfloat16 on a GPU and float32 on the CPU."""
+
+    max_batch_size: int = Field(8, ge=1, le=256)
+    """Most requests run together in one forward/generate."""
+    batch_wait_seconds: float = Field(0.005, ge=0.0, le=1.0)
+    """How long the first request of a batch waits for others to join it."""
+    max_queue_size: int = Field(64, ge=1)
+    """Requests that may wait for the device; beyond it requests get 503 with ``Retry-After``."""
+    request_timeout_seconds: float = Field(120.0, gt=0.0)
+    """A request not answered in this time gets 504 (a stream that already started ends with an error event)."""
+    retry_after_seconds: int = Field(1, ge=1)
+    """``Retry-After`` sent with 503 answers (queue full, model loading)."""
+    shutdown_grace_seconds: float = Field(30.0, ge=0.0)
+    """On SIGTERM, how long in-flight requests may take to finish before the process exits anyway."""
+
+    max_audio_seconds: float = Field(30.0, gt=0.0)
+    """Longest audio accepted per request part; also capped by the model's window unless chunking is on."""
+    max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    """Largest encoded audio accepted per part, and the limit on a request body's size (plus JSON overhead)."""
+    chunk_long_audio: bool = False
+    """Split audio longer than the model's window into consecutive window-long parts instead of refusing it."""
+    audio_url_allowlist: Annotated[list[str], NoDecode] = []
+    """Hosts from which ``audio_url`` parts may be fetched; empty means remote audio is never fetched."""
+
+    max_tokens_default: int = Field(256, ge=1)
+    """Completion length when a request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
+    max_tokens_limit: int = Field(4096, ge=1)
+    """Longest completion a request may ask for."""
+
+    seen_enabled: bool = True
+    """Neutralize (SEEN) by default; a request may still switch it off with ``seen.enabled``."""
+    default_strength: float | None = Field(None, ge=0.0, le=2.0)
+    """Default lambda; unset means the bundle's own default."""
+    default_profile: str = ""
+    """Default noise profile (a bundle profile or ``auto`` for the dominant one); empty means the bundle's."""
+    adaptive: bool = False
+    """Scale lambda with the measured SEE: 0 up to the clean range's top, full strength from the noisy range."""
+    see_method: Literal["exact", "inline"] = "exact"
+    """``exact``: the reported SEE is the paper's (a score-only encoder pass precedes a SEEN-on generate);
+    ``inline``: measured inside the SEEN pass, so layers after the first see upstream-cleaned activations."""
+    noisy_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """SEE above which a request is flagged noisy; unset derives it from the bundle's calibration statistics."""
+    see_buckets: Annotated[list[float], NoDecode] = []
+    """Histogram edges for SEE metrics; empty derives them from the bundle's calibration statistics."""
+
+    api_keys: Annotated[list[str], NoDecode] = []
+    """Accepted bearer tokens for ``/v1/*``; empty means no authentication."""
+    host: str = "0.0.0.0"
+    """Interface to listen on."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Server log level."""
+    warmup: bool = True
+    """Run one synthetic request after loading; ``/ready`` stays 503 until it passed."""
+
+    @field_validator("audio_url_allowlist", "api_keys", "see_buckets", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("see_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("see_buckets must be strictly increasing")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            if not os.path.isfile(config_file):
+                raise FileNotFoundError(f"{CONFIG_FILE_VARIABLE} names {config_file}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or os.path.basename(self.model.rstrip("/")) or "unnamed"

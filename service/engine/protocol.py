@@ -1,0 +1,84 @@
+"""What the engine is asked to do and what it answers: plain data, independent of HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from seen.adapters import Clip, Message
+from service.engine.report import Control, NoiseReport
+
+TokenSink = Callable[[list[int]], None]
+"""Receives a streamed request's new token ids as they are generated (called from the device thread)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation parameters of one request."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests share a generate call only when these agree (max_tokens is enforced per request)."""
+        return (self.temperature if self.temperature > 0 else 0.0, self.top_p, self.seed, self.stop)
+
+
+@dataclass
+class ScoreJob:
+    """Score a conversation's audio: SEE only, no generation."""
+
+    conversation: Sequence[Message]
+    clips: Sequence[Clip]
+    control: Control
+
+
+@dataclass
+class GenerateJob(ScoreJob):
+    """Neutralize, generate, and report SEE."""
+
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=16))
+    sink: TokenSink | None = None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Device time a batch spent, shared by the requests in it."""
+
+    encoder_seconds: float
+    generation_seconds: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    report: NoiseReport | None
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class GenerateOutcome:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    report: NoiseReport | None
+    timing: Timing
+
+
+class Backend(Protocol):
+    """The device work behind the engine: a batch in, one outcome per job out, in order."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def score(self, jobs: Sequence[ScoreJob]) -> list[ScoreOutcome]: ...
+
+    def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]: ...

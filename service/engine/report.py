@@ -1,0 +1,161 @@
+"""From per-clip SEE tensors to a request's noise report, and the bundle-derived policy around it.
+
+The policy decides what the calibration statistics imply for serving: above which SEE a request
+is flagged noisy, how adaptive mode ramps lambda between the clean and the noisy range, and which
+profile is dominant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, Field
+
+from seen.bundle import MERGED_PROFILE, NoiseBundle, NoiseProfile
+from seen.patch import SeeReport
+
+AUTO_PROFILE = "auto"
+"""Request value for ``seen.profile`` that neutralizes with the dominant noise profile of each request."""
+
+
+class LayerSee(BaseModel):
+    layer: int = Field(description="Index of the critical layer in the model.")
+    see: float = Field(description="SEE entering the layer, for the applied profile.")
+    residual_see: float | None = Field(description="SEE left after the layer's neutralization (null: not run).")
+
+
+class NoiseReport(BaseModel):
+    """What the service measured about the noise in one request's audio."""
+
+    see: float = Field(description="Signal Embedding Energy of the input for the applied profile, in [0, 1].")
+    residual_see: float | None = Field(
+        description="SEE left after neutralization, averaged over the critical layers; null when only scored."
+    )
+    see_method: str = Field(description="'exact' (the paper's definition) or 'inline' (measured during SEEN).")
+    see_by_profile: dict[str, float] = Field(description="SEE of the input under every profile of the bundle.")
+    per_layer: list[LayerSee]
+    profile: str = Field(description="Noise profile the audio was neutralized with.")
+    enabled: bool = Field(description="Whether SEEN was applied.")
+    strength: float = Field(description="Lambda applied (after adaptive scaling).")
+    noisy: bool | None = Field(description="SEE above the noisy threshold; null when the bundle gives none.")
+    threshold: float | None = Field(description="The noisy threshold used for this profile.")
+    dominant_noise: str | None = Field(description="Profile with the highest SEE when the bundle has several.")
+    clips: int = Field(description="Audio parts (or window-long chunks) the values are averaged over.")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A request's resolved SEEN settings (request fields over server defaults)."""
+
+    enabled: bool
+    strength: float
+    profile: str  # a bundle profile or AUTO_PROFILE
+
+    @property
+    def applied_strength(self) -> float:
+        return self.strength if self.enabled else 0.0
+
+
+def derived_threshold(profile: NoiseProfile) -> float | None:
+    """Midway between the clean p95 and the noise p05 when they separate, else the clean p99."""
+    clean, noise = profile.see_clean, profile.see_noise
+    if clean is None:
+        return None
+    if noise is not None and noise.quantiles["p05"] > clean.quantiles["p95"]:
+        return (clean.quantiles["p95"] + noise.quantiles["p05"]) / 2
+    return clean.quantiles["p99"]
+
+
+class NoisePolicy:
+    """Thresholds, adaptive ramps and profile choice, fixed once from the bundle and settings."""
+
+    def __init__(self, bundle: NoiseBundle, *, noisy_threshold: float | None = None, adaptive: bool = False) -> None:
+        self.profiles = tuple(bundle.profiles)
+        self.layers = list(bundle.layers)
+        self.adaptive = adaptive
+        self.thresholds = {
+            name: noisy_threshold if noisy_threshold is not None else derived_threshold(profile)
+            for name, profile in bundle.profiles.items()
+        }
+        self._ramps: dict[str, tuple[float, float]] = {}
+        for name, profile in bundle.profiles.items():
+            clean, noise = profile.see_clean, profile.see_noise
+            if clean is not None and noise is not None:
+                low = clean.quantiles["p95"]
+                self._ramps[name] = (low, max(noise.quantiles["p50"], low + 1e-6))
+        if adaptive and len(self._ramps) != len(self.profiles):
+            missing = sorted(set(self.profiles) - set(self._ramps))
+            raise ValueError(f"adaptive mode needs calibration SEE statistics; the bundle has none for {missing}")
+        self._candidates = [p for p in self.profiles if p != MERGED_PROFILE] or list(self.profiles)
+
+    def check_profile(self, name: str) -> None:
+        if name != AUTO_PROFILE and name not in self.profiles:
+            allowed = ", ".join([*self.profiles, AUTO_PROFILE])
+            raise ValueError(f"unknown noise profile {name!r}; this bundle has: {allowed}")
+
+    def dominant(self, see_by_profile: torch.Tensor) -> int:
+        """Index of the profile with the highest SEE, among the specific noise types when there are any."""
+        candidates = [self.profiles.index(name) for name in self._candidates]
+        return candidates[int(see_by_profile[candidates].argmax())]
+
+    def profile_index(self, control: Control, see_by_profile: torch.Tensor | None) -> int:
+        if control.profile != AUTO_PROFILE:
+            return self.profiles.index(control.profile)
+        if see_by_profile is None:
+            raise RuntimeError("profile 'auto' needs the input's SEE before neutralization")
+        return self.dominant(see_by_profile)
+
+    def strength(self, control: Control, profile: int, see: float | None) -> float:
+        """Lambda for one request: the requested one, ramped by SEE in adaptive mode."""
+        if not control.enabled or not self.adaptive:
+            return control.applied_strength
+        if see is None:
+            raise RuntimeError("adaptive mode needs the input's SEE before neutralization")
+        low, high = self._ramps[self.profiles[profile]]
+        return control.strength * min(1.0, max(0.0, (see - low) / (high - low)))
+
+    def report(
+        self,
+        see: SeeReport,
+        residual: SeeReport | None,
+        clips: Sequence[int],
+        *,
+        profile: int,
+        control: Control,
+        strength: float,
+        method: str,
+    ) -> NoiseReport:
+        """Average one request's clips (rows ``clips`` of the reports) into its noise report.
+
+        ``residual`` is the SEEN pass; without one (score only) the residual fields are null.
+        """
+        rows = torch.tensor(list(clips), dtype=torch.long)
+        per_layer = see.per_layer[rows].mean(dim=0)  # (layers, profiles)
+        residual_layers: list[float | None] = [None] * len(self.layers)
+        residual_mean = None
+        if residual is not None:
+            values = residual.residual_per_layer[rows].mean(dim=0)  # (layers,)
+            residual_layers, residual_mean = list(values.tolist()), float(values.mean())
+        by_profile = per_layer.mean(dim=0)
+        value = float(by_profile[profile])
+        name = self.profiles[profile]
+        threshold = self.thresholds[name]
+        return NoiseReport(
+            see=value,
+            residual_see=residual_mean,
+            see_method=method,
+            see_by_profile={p: float(v) for p, v in zip(self.profiles, by_profile.tolist(), strict=True)},
+            per_layer=[
+                LayerSee(layer=layer, see=float(s), residual_see=r)
+                for layer, s, r in zip(self.layers, per_layer[:, profile].tolist(), residual_layers, strict=True)
+            ],
+            profile=name,
+            enabled=control.enabled,
+            strength=strength,
+            noisy=None if threshold is None else value > threshold,
+            threshold=threshold,
+            dominant_noise=self.profiles[self.dominant(by_profile)] if len(self.profiles) > 1 else None,
+            clips=len(rows),
+        )

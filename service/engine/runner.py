@@ -1,0 +1,207 @@
+"""The model backend: one batch of jobs through the patched model, on its device.
+
+The SEEN patch is installed once, when the backend is built, and stays on for the process; every
+batch carries its own frame layout, per-clip lambda and profile through :meth:`SeenPatch.scope`.
+Only this module touches the model, and only from the engine's single device thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from seen.adapters import AudioLM, Clip, Message, ModelBatch
+from seen.bundle import NoiseBundle
+from seen.hooks import SiteKind
+from seen.patch import SeenPatch, SeeReport
+from service.engine.clock import EncoderClock
+from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
+from service.engine.report import NoisePolicy
+from service.engine.streaming import BatchStreamer
+
+
+class _PerRequestLimit(StoppingCriteria):
+    """Ends each row at its own ``max_tokens`` so requests with different limits share one generate."""
+
+    def __init__(self, prompt_length: int, limits: torch.Tensor) -> None:
+        self.prompt_length = prompt_length
+        self.limits = limits
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_length) >= self.limits
+
+
+class ModelBackend:
+    """A loaded audio LM patched with its bundle: scores and generates batches of jobs."""
+
+    def __init__(self, lm: AudioLM, bundle: NoiseBundle, policy: NoisePolicy, *, model_name: str, see_method: str):
+        bundle.check_model(lm.identity())
+        self.lm = lm
+        self.bundle = bundle
+        self.policy = policy
+        self.see_method = see_method
+        self._model_name = model_name
+        self.patch = SeenPatch(lm.model, bundle.paths, bundle.bases_by_profile())
+        self.clock = EncoderClock(lm.model.get_submodule(lm.encoder_path))
+        self._stack = ExitStack()
+        self._stack.enter_context(self.patch.installed())
+        self._stack.enter_context(self.clock.installed())
+        config = lm.model.generation_config
+        eos = config.eos_token_id
+        self._end_ids = {int(t) for t in ([] if eos is None else eos if isinstance(eos, list) else [eos])}
+        self._pad_id = config.pad_token_id if config.pad_token_id is not None else min(self._end_ids, default=0)
+        self._end_ids.add(int(self._pad_id))
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self.lm.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    def close(self) -> None:
+        """Remove the hooks: the model is the original again."""
+        self._stack.close()
+
+    # -- batches ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _flatten(jobs: Sequence[ScoreJob]) -> tuple[list[Clip], list[list[int]]]:
+        clips: list[Clip] = []
+        rows: list[list[int]] = []
+        for job in jobs:
+            rows.append(list(range(len(clips), len(clips) + len(job.clips))))
+            clips.extend(job.clips)
+        return clips, rows
+
+    def _chat_batch(self, jobs: Sequence[ScoreJob], clips: Sequence[Clip]) -> ModelBatch:
+        conversations: list[Sequence[Message]] = [job.conversation for job in jobs]
+        return self.lm.chat_batch(conversations, clips).to(self.lm.device, self.lm.dtype)
+
+    def _score_pass(self, batch: ModelBatch) -> tuple[SeeReport, float]:
+        """The paper's SEE: no edit, stopping after the last critical layer."""
+        with self.clock.measuring() as encoder, self.patch.score(batch.layout(self.bundle.site)) as readout:
+            self.lm.run_to_site(batch, self.bundle.site)
+        return readout.report(), encoder.seconds
+
+    # -- score only ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, jobs: Sequence[ScoreJob]) -> list[ScoreOutcome]:
+        clips, rows = self._flatten(jobs)
+        if not clips:
+            raise ValueError("scoring needs audio: none of the requests has any")
+        if self.bundle.site is SiteKind.ENCODER_FFN:
+            batch = self.lm.encoder_batch(clips).to(self.lm.device, self.lm.dtype)
+        else:
+            batch = self._chat_batch(jobs, clips)
+        start = time.perf_counter()
+        report, encoder_seconds = self._score_pass(batch)
+        timing = Timing(encoder_seconds or time.perf_counter() - start, 0.0, len(jobs))
+        outcomes = []
+        for job, job_rows in zip(jobs, rows, strict=True):
+            if not job_rows:
+                outcomes.append(ScoreOutcome(None, timing))
+                continue
+            see = report.see[job_rows].mean(dim=0)
+            profile = self.policy.profile_index(job.control, see)
+            strength = self.policy.strength(job.control, profile, float(see[profile]))
+            noise = self.policy.report(
+                report, None, job_rows, profile=profile, control=job.control, strength=strength, method="exact"
+            )
+            outcomes.append(ScoreOutcome(noise, timing))
+        return outcomes
+
+    # -- generate -----------------------------------------------------------------------------------
+
+    def _needs_score_pass(self, jobs: Sequence[GenerateJob]) -> bool:
+        if self.policy.adaptive or any(job.control.profile == "auto" for job in jobs):
+            return True
+        return self.see_method == "exact" and any(job.control.applied_strength > 0 for job in jobs)
+
+    @torch.inference_mode()
+    def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]:
+        clips, rows = self._flatten(jobs)
+        batch = self._chat_batch(jobs, clips)
+        layout = batch.layout(self.bundle.site) if clips else None
+        exact, encoder_seconds = self._score_pass(batch) if clips and self._needs_score_pass(jobs) else (None, 0.0)
+
+        profiles, strengths = [], []
+        for job, job_rows in zip(jobs, rows, strict=True):
+            see = exact.see[job_rows].mean(dim=0) if exact is not None and job_rows else None
+            profile = self.policy.profile_index(job.control, see) if job_rows else 0
+            profiles.append(profile)
+            strengths.append(self.policy.strength(job.control, profile, None if see is None else float(see[profile])))
+        clip_profile = torch.tensor([profiles[j] for j, job_rows in enumerate(rows) for _ in job_rows])
+        clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
+
+        prompt_length = int(batch.inputs["input_ids"].shape[1])
+        limits = [job.sampling.max_tokens for job in jobs]
+        kwargs = self._generation_kwargs(jobs, prompt_length, limits)
+        if any(job.sink is not None for job in jobs):
+            kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids)
+        seed = jobs[0].sampling.seed
+        start = time.perf_counter()
+        scope = self.patch.scope(layout, clip_strength, clip_profile) if layout is not None else nullcontext()
+        with self.clock.measuring() as encoder, scope as readout:
+            if seed is not None:
+                torch.manual_seed(seed)
+            tokens = self.lm.generate(batch, **kwargs).cpu()
+        encoder_seconds += encoder.seconds
+        timing = Timing(encoder_seconds, time.perf_counter() - start - encoder.seconds, len(jobs))
+        inline = readout.report() if readout is not None else None
+
+        outcomes = []
+        prompt_tokens = batch.inputs["attention_mask"].sum(dim=1).tolist()
+        for index, job in enumerate(jobs):
+            text, finish, count = self._finish(tokens[index].tolist(), job.sampling.max_tokens, job.sampling.stop)
+            noise = None
+            if rows[index] and inline is not None:
+                noise = self.policy.report(
+                    exact or inline,
+                    inline,
+                    rows[index],
+                    profile=profiles[index],
+                    control=job.control,
+                    strength=strengths[index],
+                    method="exact" if exact is not None or strengths[index] == 0 else "inline",
+                )
+            outcomes.append(GenerateOutcome(text, finish, int(prompt_tokens[index]), count, noise, timing))
+        return outcomes
+
+    def _generation_kwargs(self, jobs: Sequence[GenerateJob], prompt_length: int, limits: list[int]) -> dict[str, Any]:
+        sampling = jobs[0].sampling  # the engine batches only jobs with the same batch_key
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(limits),
+            "pad_token_id": self._pad_id,
+            "stopping_criteria": StoppingCriteriaList(
+                [_PerRequestLimit(prompt_length, torch.tensor(limits, device=self.lm.device))]
+            ),
+        }
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.stop:
+            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.lm.tokenizer)
+        return kwargs
+
+    def _finish(self, row: list[int], limit: int, stop: Sequence[str]) -> tuple[str, str, int]:
+        """A row's text, finish reason and completion-token count, cut at its end token, limit or stop."""
+        end = next((i for i, token in enumerate(row) if token in self._end_ids), None)
+        if end is not None:
+            kept, count, finish = row[:end], end + 1, "stop"
+        else:
+            kept = row[:limit]
+            count = len(kept)
+            finish = "length" if count >= limit else "stop"
+        text = self.decode(kept)
+        cuts = [position for position in (text.find(s) for s in stop) if position >= 0]
+        if cuts:
+            text, finish = text[: min(cuts)], "stop"
+        return text, finish, count

@@ -1,0 +1,190 @@
+"""Request and response bodies of the HTTP API (OpenAI's shapes, plus the noise report)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.engine.report import NoiseReport
+
+MAX_STOP_SEQUENCES = 4
+
+
+class SeenOptions(BaseModel):
+    """Per-request control of neutralization, sent as ``"seen": {...}`` (the SDK's ``extra_body``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    strength: float | None = Field(None, ge=0.0, le=2.0, description="Lambda of SEEN.")
+    profile: str | None = Field(None, description="Noise profile of the bundle, or 'auto' for the dominant one.")
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class InputAudio(BaseModel):
+    data: str = Field(description="Base64-encoded audio file.")
+    format: str = Field(description="wav, mp3, flac or ogg.")
+
+
+class InputAudioPart(BaseModel):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class AudioUrl(BaseModel):
+    url: str
+
+
+class AudioUrlPart(BaseModel):
+    type: Literal["audio_url"]
+    audio_url: AudioUrl
+
+
+ContentPart = Annotated[TextPart | InputAudioPart | AudioUrlPart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` (and ``/v1/see``, which ignores the generation fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Unset or 0: greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seen: SeenOptions | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP_SEQUENCES or any(not stop for stop in stops):
+            raise ValueError(f"stop takes at most {MAX_STOP_SEQUENCES} non-empty strings")
+        return value
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=now)
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    noise_report: NoiseReport | None = Field(description="SEE of the request's audio; null without audio.")
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    noise_report: NoiseReport | None = None
+
+
+class Transcription(BaseModel):
+    text: str
+    noise_report: NoiseReport | None
+
+
+class VerboseTranscription(Transcription):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    segments: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class SeeResponse(BaseModel):
+    """``POST /v1/see``: the noise report alone."""
+
+    id: str = Field(default_factory=lambda: f"see-{uuid.uuid4().hex}")
+    object: Literal["see.report"] = "see.report"
+    created: int = Field(default_factory=now)
+    model: str
+    audio_seconds: float
+    noise_report: NoiseReport
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "seen"
+    noise_profiles: list[str]
+    default_profile: str
+    default_strength: float
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

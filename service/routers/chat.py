@@ -1,0 +1,149 @@
+"""``POST /v1/chat/completions``: neutralize, generate, and return the text with its noise report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from service.dependencies import Authenticated, State
+from service.engine.protocol import GenerateJob, GenerateOutcome, Sampling
+from service.errors import ApiError, error_body
+from service.inputs import prepare_messages
+from service.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Usage,
+    completion_id,
+    now,
+)
+from service.serving import ServiceState
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Authenticated])
+
+
+def _usage(outcome: GenerateOutcome) -> Usage:
+    total = outcome.prompt_tokens + outcome.completion_tokens
+    return Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens, total_tokens=total)
+
+
+async def build_job(request: ChatCompletionRequest, state: ServiceState, endpoint: str) -> GenerateJob:
+    """Check and decode a chat-shaped request into a generate job (shared with transcriptions)."""
+    state.check_model(request.model)
+    _, limits = state.serving()
+    settings = state.settings
+    control = state.control(request.seen)
+    max_tokens = request.max_completion_tokens or request.max_tokens or settings.max_tokens_default
+    if max_tokens > settings.max_tokens_limit:
+        raise ApiError(
+            400,
+            f"max_tokens is {max_tokens}; this server generates at most {settings.max_tokens_limit}",
+            code="max_tokens_too_large",
+            param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
+        )
+    prepared = await prepare_messages(request.messages, limits, state.http)
+    if prepared.clips:
+        state.metrics.audio_duration.labels(state.model_name, endpoint).observe(prepared.seconds)
+    sampling = Sampling(
+        max_tokens=max_tokens,
+        temperature=request.temperature or 0.0,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=request.stop_sequences,
+    )
+    return GenerateJob(prepared.conversation, prepared.clips, control, sampling=sampling)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: ChatCompletionRequest, state: State) -> ChatCompletion | StreamingResponse:
+    job = await build_job(request, state, "chat")
+    if request.stream:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        return await _stream(state, job, include_usage)
+    outcome = await state.generate(job)
+    return ChatCompletion(
+        model=state.model_name,
+        choices=[Choice(message=AssistantMessage(content=outcome.text), finish_reason=outcome.finish_reason)],
+        usage=_usage(outcome),
+        noise_report=outcome.report,
+    )
+
+
+def _emittable(text: str, stops: Sequence[str]) -> int:
+    """Length of the prefix that is safe to send: before any stop string, a partial one, or a split character."""
+    cut = min([len(text), *(i for i in (text.find(s) for s in stops) if i >= 0)])
+    if cut == len(text):
+        cut -= max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    while cut > 0 and text[cut - 1] == "\ufffd":
+        cut -= 1
+    return cut
+
+
+async def _stream(state: ServiceState, job: GenerateJob, include_usage: bool) -> StreamingResponse:
+    """Server-sent events in OpenAI's chunk shape; errors before the first token keep their status."""
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue[list[int] | None] = asyncio.Queue()
+
+    def sink(ids: list[int]) -> None:  # called on the device thread
+        loop.call_soon_threadsafe(tokens.put_nowait, ids)
+
+    job.sink = sink
+    task = asyncio.create_task(state.generate(job))
+    task.add_done_callback(lambda _: tokens.put_nowait(None))
+    first = await tokens.get()
+    if first is None and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]  # queue full, timeout...: a proper status, not a 200
+    engine, _ = state.serving()
+    stream_id, created = completion_id(), now()
+
+    def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=stream_id, created=created, model=state.model_name, choices=choices, **extra)
+
+    def event(chunk: ChatCompletionChunk | dict[str, Any]) -> str:
+        body = chunk.model_dump_json() if isinstance(chunk, ChatCompletionChunk) else json.dumps(chunk)
+        return f"data: {body}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        ids: list[int] = []
+        sent = ""
+        item = first
+        try:
+            yield event(chunk([ChunkChoice(delta=Delta(role="assistant", content=""))]))
+            while item is not None:
+                ids += item
+                text = engine.backend.decode(ids)
+                safe = text[: _emittable(text, job.sampling.stop)]
+                if len(safe) > len(sent) and safe.startswith(sent):
+                    yield event(chunk([ChunkChoice(delta=Delta(content=safe[len(sent) :]))]))
+                    sent = safe
+                item = await tokens.get()
+            try:
+                outcome = task.result()
+            except ApiError as error:
+                yield event(error.body())
+                return
+            except Exception:  # the stream has started: the failure can only be reported in it
+                logger.exception("streamed generation failed")
+                yield event(error_body(500, "generation failed; the server log has the details", code="internal_error"))
+                return
+            rest = outcome.text[len(sent) :] if outcome.text.startswith(sent) else ""
+            final = ChunkChoice(delta=Delta(content=rest or None), finish_reason=outcome.finish_reason)
+            yield event(chunk([final], noise_report=outcome.report))
+            if include_usage:
+                yield event(chunk([], usage=_usage(outcome)))
+            yield "data: [DONE]\n\n"
+        finally:
+            task.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,30 @@
+"""``POST /v1/see``: the noise report of a request's audio, without generating."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.dependencies import Authenticated, State
+from service.engine.protocol import ScoreJob
+from service.errors import ApiError
+from service.inputs import prepare_messages
+from service.protocol import ChatCompletionRequest, SeeResponse
+
+router = APIRouter(prefix="/v1", tags=["see"], dependencies=[Authenticated])
+
+
+@router.post("/see")
+async def see(request: ChatCompletionRequest, state: State) -> SeeResponse:
+    """Score only: the encoder runs as far as the last critical layer; generation fields are ignored."""
+    state.check_model(request.model)
+    _, limits = state.serving()
+    control = state.control(request.seen)
+    prepared = await prepare_messages(request.messages, limits, state.http)
+    if not prepared.clips:
+        raise ApiError(
+            400, "nothing to score: the messages have no input_audio part", code="no_audio", param="messages"
+        )
+    state.metrics.audio_duration.labels(state.model_name, "see").observe(prepared.seconds)
+    outcome = await state.score(ScoreJob(prepared.conversation, prepared.clips, control))
+    assert outcome.report is not None
+    return SeeResponse(model=state.model_name, audio_seconds=prepared.seconds, noise_report=outcome.report)
