@@ -141,6 +141,6 @@ def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None]
     install_error_handlers(app, metrics)
     body_limit = int(settings.max_audio_bytes * BODY_OVERHEAD) + BODY_SLACK_BYTES
     app.add_middleware(BodyLimit, max_bytes=body_limit, metrics=metrics)
-    endpoints = [getattr(route, "path", "") for route in app.routes]
+    endpoints = [getattr(route, "path", "") for router in ROUTERS for route in router.routes]
     app.add_middleware(RequestMetrics, metrics=metrics, endpoints=endpoints)
     return app

@@ -44,3 +44,32 @@ def speechlike(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
     voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t) ** 2
     return (0.1 * voiced * envelope + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def service_bundle(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibrated bundle for the tiny Qwen2-Audio: white and babble profiles.
+
+    Babble is the default because on this random model it is the profile that separates noise from speech.
+    """
+    from dataclasses import replace
+
+    from calibration.pipeline import CalibrationConfig, ClipSet, calibrate
+    from seen.basis import BasisOptions
+    from seen.noise import generate_noise
+
+    lm = load_audio_lm(str(model_dirs["qwen2_audio"]))
+    clean = ClipSet("clean", [speechlike(2.0 + 0.1 * i, seed=i) for i in range(10)], "synthetic:speech")
+    noises = [
+        ClipSet(kind, [0.1 * generate_noise(kind, 32000, 16000, seed=i) for i in range(10)], f"synthetic:{kind}")
+        for kind in ("white", "babble")
+    ]
+    options = BasisOptions(alpha=0.99, delta=3.0, delta_mode="chance", center="per_set")
+    bundle = calibrate(lm, clean, noises, CalibrationConfig(basis=options)).bundle
+    assert sum(bundle.profiles["babble"].ranks) > 0, "the test bundle needs a non-empty default profile"
+    return replace(bundle, default_profile="babble").save(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

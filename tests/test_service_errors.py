@@ -1,0 +1,201 @@
+"""Every refusal the API makes: status, OpenAI envelope, and a message that says what was wrong."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from seen.bundle import BundleError
+from service.app import create_app
+from tests.conftest import speechlike
+from tests.service_helpers import (
+    MODEL_NAME,
+    audio_bytes,
+    audio_part,
+    chat_body,
+    metric_value,
+    running,
+    serving,
+    settings,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def paths(model_dirs: dict[str, Path], service_bundle: Path) -> tuple[Path, Path]:
+    return model_dirs["qwen2_audio"], service_bundle
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *fragments: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+    assert "Traceback" not in response.text
+    return dict(error)
+
+
+def with_part(part: dict[str, Any]) -> dict[str, Any]:
+    return {"model": MODEL_NAME, "messages": [{"role": "user", "content": [part]}], "max_tokens": 2}
+
+
+def raw_part(data: bytes, format: str) -> dict[str, Any]:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": format}}
+
+
+async def test_bad_audio_and_bad_requests_get_400(paths: tuple[Path, Path]) -> None:
+    async with serving(*paths) as client:
+        post = client.post
+        not_base64 = {"type": "input_audio", "input_audio": {"data": "%%%not base64", "format": "wav"}}
+        assert_error(await post("/v1/chat/completions", json=with_part(not_base64)), 400, "invalid_base64", "base64")
+        garbage = raw_part(b"RIFF....WAVEfmt garbage" * 10, "wav")
+        error = assert_error(await post("/v1/chat/completions", json=with_part(garbage)), 400, "undecodable_audio")
+        assert error["param"] == "messages.0.content.0"
+        silent = audio_part(np.zeros(16000, dtype=np.float32))
+        assert_error(await post("/v1/chat/completions", json=with_part(silent)), 400, "silent_audio", "silent")
+        buffer = io.BytesIO()
+        sf.write(buffer, np.full(16000, np.nan, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
+        nan = raw_part(buffer.getvalue(), "wav")
+        assert_error(await post("/v1/see", json=with_part(nan)), 400, "non_finite_audio", "NaN")
+        empty = raw_part(b"", "wav")
+        assert_error(await post("/v1/see", json=with_part(empty)), 400, "empty_audio", "empty")
+        unknown = chat_body(speechlike(1.0, 1), seen={"profile": "traffic"})
+        error = assert_error(
+            await post("/v1/chat/completions", json=unknown), 400, "unknown_profile", "traffic", "babble"
+        )
+        assert error["param"] == "seen.profile"
+        too_many = chat_body(speechlike(1.0, 1), max_tokens=100_000)
+        assert_error(await post("/v1/chat/completions", json=too_many), 400, "max_tokens_too_large", "4096")
+        remote = {"type": "audio_url", "audio_url": {"url": "http://example.com/a.wav"}}
+        assert_error(await post("/v1/see", json=with_part(remote)), 400, "audio_url_not_allowed", "allow-list")
+        text_only = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}]}
+        assert_error(await post("/v1/see", json=text_only), 400, "no_audio", "input_audio")
+        system_audio = {
+            "model": MODEL_NAME,
+            "messages": [{"role": "system", "content": [audio_part(speechlike(1, 1))]}],
+        }
+        assert_error(await post("/v1/see", json=system_audio), 400, "invalid_audio_role", "user messages")
+
+
+async def test_authentication(paths: tuple[Path, Path]) -> None:
+    async with serving(*paths, api_keys=["k1", "k2"]) as client:
+        missing = await client.get("/v1/models")
+        wrong = await client.get("/v1/models", headers={"Authorization": "Bearer nope"})
+        right = await client.get("/v1/models", headers={"Authorization": "Bearer k2"})
+        open_endpoints = [await client.get(path) for path in ("/health", "/ready", "/metrics")]
+    assert_error(missing, 401, "missing_api_key", "Authorization")
+    assert_error(wrong, 401, "invalid_api_key")
+    assert right.status_code == 200 and all(r.status_code == 200 for r in open_endpoints)
+
+
+async def test_unknown_model_and_route_get_404(paths: tuple[Path, Path]) -> None:
+    async with serving(*paths) as client:
+        model = await client.post("/v1/chat/completions", json={**chat_body(speechlike(1.0, 1)), "model": "gpt-4o"})
+        route = await client.get("/v1/nothing")
+        method = await client.get("/v1/chat/completions")
+    assert_error(model, 404, "model_not_found", "gpt-4o", MODEL_NAME)
+    assert_error(route, 404, "not_found")
+    assert_error(method, 405, "method_not_allowed")
+
+
+async def test_too_long_or_too_large_audio_gets_413(paths: tuple[Path, Path]) -> None:
+    async with serving(*paths, max_audio_bytes=400_000) as client:
+        long = await client.post("/v1/see", json=chat_body(speechlike(6.0, 1)))  # the tiny model's window is 5 s
+        large = await client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("big.wav", audio_bytes(speechlike(4.5, 1, rate=48000), rate=48000), "audio/wav")},
+            data={"model": MODEL_NAME},
+        )
+        body = await client.post(
+            "/v1/see", content=b"{" + b" " * 2_000_000, headers={"content-type": "application/json"}
+        )
+        scrape = (await client.get("/metrics")).text
+    assert_error(long, 413, "audio_too_long", "6.00 s", "5 s")
+    assert_error(large, 413, "audio_too_large", "400000 bytes")
+    assert_error(body, 413, "request_too_large", "limit")
+    assert metric_value(scrape, "seen_rejected_requests_total", reason="audio_too_long") == 1
+    assert metric_value(scrape, "seen_requests_total", endpoint="/v1/see", status="413") == 2
+
+
+async def test_unsupported_formats_get_415(paths: tuple[Path, Path]) -> None:
+    aiff = audio_bytes(speechlike(1.0, 1), format="AIFF")
+    async with serving(*paths) as client:
+        labelled = await client.post("/v1/see", json=with_part(raw_part(aiff, "aiff")))
+        disguised = await client.post("/v1/see", json=with_part(raw_part(aiff, "wav")))
+        upload = await client.post(
+            "/v1/audio/transcriptions", files={"file": ("a.aiff", aiff, "audio/aiff")}, data={"model": MODEL_NAME}
+        )
+    assert_error(labelled, 415, "unsupported_format", "'aiff'", "wav, flac, ogg, mp3")
+    assert_error(disguised, 415, "unsupported_format", "AIFF")
+    assert_error(upload, 415, "unsupported_format")
+
+
+async def test_schema_violations_get_422(paths: tuple[Path, Path]) -> None:
+    clip = speechlike(1.0, 1)
+    cases = {
+        "messages": {"model": MODEL_NAME},
+        "seen.strength": chat_body(clip, seen={"strength": 3.0}),
+        "seen.lambda": chat_body(clip, seen={"lambda": 1.0}),
+        "n": chat_body(clip, n=2),
+        "temperature": chat_body(clip, temperature=-1),
+        "tools": chat_body(clip, tools=[]),
+    }
+    async with serving(*paths) as client:
+        responses = {name: await client.post("/v1/chat/completions", json=body) for name, body in cases.items()}
+        broken = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        form = await client.post("/v1/audio/transcriptions", data={"model": MODEL_NAME})
+    for name, response in responses.items():
+        error = assert_error(response, 422, "invalid_schema")
+        assert name.split(".")[-1] in error["message"], (name, error)
+    assert_error(broken, 422, "invalid_schema")
+    assert_error(form, 422, "invalid_schema", "file")
+
+
+async def test_queue_full_gets_503_with_retry_after(paths: tuple[Path, Path]) -> None:
+    import asyncio
+
+    async with serving(*paths, max_queue_size=1, max_batch_size=1, retry_after_seconds=3) as client:
+        body = chat_body(speechlike(1.0, 1), max_tokens=60)
+        responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(6)))
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused and all(r.status_code in (200, 503) for r in responses)
+    for response in refused:
+        assert_error(response, 503, "queue_full", "capacity")
+        assert response.headers["retry-after"] == "3"
+
+
+async def test_timeout_gets_504(paths: tuple[Path, Path]) -> None:
+    async with serving(*paths, request_timeout_seconds=0.05) as client:
+        response = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1), max_tokens=400))
+        ready = await client.get("/ready")
+    assert_error(response, 504, "timeout", "0.05 s")
+    assert ready.status_code == 200  # the engine carries on
+
+
+async def test_not_ready_gets_503_and_a_failed_load_says_why(model_dirs: dict[str, Path], service_bundle: Path) -> None:
+    app = create_app(settings(model_dirs["voxtral"], service_bundle))  # a bundle made for Qwen2-Audio
+    async with running(app) as client:
+        ready = await client.get("/ready")
+        chat = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1)))
+        health = await client.get("/health")
+    assert_error(ready, 503, "model_load_failed", "bundle does not match the model", "architecture")
+    assert_error(chat, 503, "model_load_failed")
+    assert ready.headers["retry-after"] == "1" and health.status_code == 200
+
+
+def test_a_missing_or_unfit_bundle_stops_the_app_factory(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="not a noise bundle"):
+        create_app(settings(model_dirs["qwen2_audio"], tmp_path))
+    with pytest.raises(ValueError, match="SEEN_MODEL"):
+        create_app(settings(Path(""), tmp_path).model_copy(update={"model": ""}))
