@@ -33,3 +33,24 @@ def test_no_import_points_up(package: str) -> None:
         for path in (ROOT / package).rglob("*.py")
     }
     assert {file: names for file, names in offenders.items() if names} == {}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_engine_knows_nothing_of_http() -> None:
+    """service/engine (batching, the model backend) sits below the routers, the app and the HTTP models."""
+    http_side = ("service.app", "service.routers", "service.serving", "service.protocol", "service.dependencies")
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in _imported_modules(path) if m.startswith(http_side))
+        for path in (ROOT / "service" / "engine").rglob("*.py")
+    }
+    assert {file: names for file, names in offenders.items() if names} == {}
