@@ -149,7 +149,10 @@ class Engine:
                     pending.future.set_exception(error)
             return
         if self._metrics is not None:
-            self._observe(kind, group, started, outcomes)
+            try:
+                self._observe(kind, group, started, outcomes)
+            except Exception:  # metrics must never cost a request its answer
+                logger.exception("recording metrics for a %s batch failed", kind)
         for pending, outcome in zip(group, outcomes, strict=True):
             if not pending.future.done():
                 pending.future.set_result(outcome)
