@@ -197,3 +197,29 @@ def test_see_buckets_resolve_clean_and_noisy_ranges(service_bundle: Path) -> Non
     assert edges == sorted(edges) and edges[-1] == 1.0
     assert see_buckets(bundle, [0.1, 0.2]) == [0.1, 0.2]
     assert np.all(np.diff(edges) > 0)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2_5_omni", "voxtral"])
+async def test_the_other_architectures_serve(architecture: str, model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from calibration.pipeline import CalibrationConfig, ClipSet, calibrate
+    from seen.adapters import load_audio_lm
+    from seen.basis import BasisOptions
+
+    lm = load_audio_lm(str(model_dirs[architecture]))
+    clean = ClipSet("clean", [speechlike(2.0 + 0.1 * i, seed=i) for i in range(6)], "synthetic:speech")
+    noise = ClipSet("babble", [0.1 * generate_noise("babble", 32000, 16000, seed=i) for i in range(6)], "babble")
+    options = BasisOptions(alpha=0.99, delta=0.9, center="per_set")
+    calibrated = calibrate(lm, clean, [noise], CalibrationConfig(basis=options)).bundle
+    assert sum(calibrated.profiles["merged"].ranks) > 0, "an empty basis would make the SEE checks trivial"
+    bundle = calibrated.save(tmp_path / "bundle")
+    one, two = speechlike(2.0, 50), speechlike(1.0, 51)
+    async with serving(model_dirs[architecture], bundle) as client:
+        chat = await client.post("/v1/chat/completions", json=chat_body(one, two, seen={"enabled": False}))
+        first = (await client.post("/v1/see", json=chat_body(one))).json()["noise_report"]
+        second = (await client.post("/v1/see", json=chat_body(two))).json()["noise_report"]
+        stream = await client.post("/v1/chat/completions", json=chat_body(one, stream=True))
+    assert chat.status_code == 200, chat.text
+    report = chat.json()["noise_report"]
+    assert report["clips"] == 2 and first["see"] != pytest.approx(second["see"], abs=1e-4)
+    assert report["see"] == pytest.approx((first["see"] + second["see"]) / 2, abs=1e-5)
+    assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
