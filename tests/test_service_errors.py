@@ -199,3 +199,30 @@ def test_a_missing_or_unfit_bundle_stops_the_app_factory(model_dirs: dict[str, P
         create_app(settings(model_dirs["qwen2_audio"], tmp_path))
     with pytest.raises(ValueError, match="SEEN_MODEL"):
         create_app(settings(Path(""), tmp_path).model_copy(update={"model": ""}))
+
+
+async def test_audio_urls_are_fetched_only_from_allowed_hosts(paths: tuple[Path, Path], tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "clip.wav").write_bytes(audio_bytes(speechlike(1.5, 60)))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{files.server_address[1]}"
+    remote = {"type": "audio_url", "audio_url": {"url": f"{url}/clip.wav"}}
+    try:
+        async with serving(*paths, audio_url_allowlist=["127.0.0.1"]) as client:
+            fetched = await client.post("/v1/see", json=with_part(remote))
+            inline = await client.post("/v1/see", json=chat_body(speechlike(1.5, 60)))
+            missing = await client.post("/v1/see", json=with_part({**remote, "audio_url": {"url": f"{url}/none.wav"}}))
+            other = await client.post(
+                "/v1/see", json=with_part({**remote, "audio_url": {"url": "http://10.0.0.1/a.wav"}})
+            )
+    finally:
+        files.shutdown()
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json()["noise_report"]["see"] == pytest.approx(inline.json()["noise_report"]["see"], abs=1e-6)
+    assert_error(missing, 400, "audio_url_unreachable", "404")
+    assert_error(other, 400, "audio_url_not_allowed", "'10.0.0.1'", "127.0.0.1")
