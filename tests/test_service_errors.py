@@ -168,8 +168,14 @@ async def test_queue_full_gets_503_with_retry_after(paths: tuple[Path, Path]) ->
     async with serving(*paths, max_queue_size=1, max_batch_size=1, retry_after_seconds=3) as client:
         body = chat_body(speechlike(1.0, 1), max_tokens=60)
         responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(6)))
+        streams = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json={**body, "stream": True}) for _ in range(6))
+        )
     refused = [r for r in responses if r.status_code == 503]
     assert refused and all(r.status_code in (200, 503) for r in responses)
+    refused_streams = [r for r in streams if r.status_code == 503]  # refused before the stream starts
+    assert refused_streams and all(r.text.rstrip().endswith("[DONE]") for r in streams if r.status_code == 200)
+    refused += refused_streams
     for response in refused:
         assert_error(response, 503, "queue_full", "capacity")
         assert response.headers["retry-after"] == "3"
