@@ -1,4 +1,4 @@
-"""Imports point one way: cli -> (calibration, service) -> seen, never back."""
+"""Imports point one way: cli -> (calibration, service, demo) -> seen, never back (demo may use calibration)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "seen": {"calibration", "service", "cli", "tests"},
-    "calibration": {"service", "cli", "tests"},
-    "service": {"calibration", "cli", "tests"},
+    "seen": {"calibration", "service", "cli", "tests", "demo"},
+    "calibration": {"service", "cli", "tests", "demo"},
+    "service": {"calibration", "cli", "tests", "demo"},
+    "demo": {"service", "cli", "tests"},
 }
 
 
