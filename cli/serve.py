@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import types
 import typing
 from typing import Any
 
@@ -13,10 +14,9 @@ from service.config import CONFIG_FILE_VARIABLE, Settings
 
 
 def _option_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if typing.get_origin(annotation) in (typing.Union, type(int | None)) and args else annotation
-    if typing.get_origin(base) is typing.Annotated:
-        base = typing.get_args(base)[0]
+    base = annotation
+    if typing.get_origin(base) is types.UnionType:  # ``float | None``: the option takes the float
+        base = next(arg for arg in typing.get_args(base) if arg is not type(None))
     if base is bool:
         return None, {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(base) is typing.Literal:

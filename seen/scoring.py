@@ -32,17 +32,22 @@ class Scorer:
         """SEE of each clip (paper definition: no neutralization), stopping after the last critical layer."""
         if not clips:
             raise ValueError("nothing to score: no clips")
-        reports = []
-        for start in range(0, len(clips), batch_size):
-            batch = self.batch(clips[start : start + batch_size])
-            with self.patch.score(batch.layout(self.bundle.site)) as readout:
-                self.lm.run_to_site(batch, self.bundle.site)
-            reports.append(readout.report())
+        reports = [
+            self.score_batch(self.batch(clips[start : start + batch_size]))
+            for start in range(0, len(clips), batch_size)
+        ]
         return SeeReport(
             reports[0].profiles,
             torch.cat([report.per_layer for report in reports]),
             torch.cat([report.residual_per_layer for report in reports]),
         )
+
+    @torch.inference_mode()
+    def score_batch(self, batch: ModelBatch) -> SeeReport:
+        """SEE of a batch already on the device, stopping after the last critical layer."""
+        with self.patch.score(batch.layout(self.bundle.site)) as readout:
+            self.lm.run_to_site(batch, self.bundle.site)
+        return readout.report()
 
 
 def site_batch(lm: AudioLM, clips: Sequence[Clip], site: SiteKind) -> ModelBatch:

@@ -18,10 +18,11 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from seen.adapters import AudioLM, Clip, Message, ModelBatch
 from seen.bundle import NoiseBundle
 from seen.hooks import SiteKind
-from seen.patch import SeenPatch, SeeReport
+from seen.patch import SeeReport
+from seen.scoring import Scorer
 from service.engine.clock import EncoderClock
 from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
-from service.engine.report import NoisePolicy
+from service.engine.report import AUTO_PROFILE, NoisePolicy
 from service.engine.streaming import BatchStreamer
 
 
@@ -40,13 +41,13 @@ class ModelBackend:
     """A loaded audio LM patched with its bundle: scores and generates batches of jobs."""
 
     def __init__(self, lm: AudioLM, bundle: NoiseBundle, policy: NoisePolicy, *, model_name: str, see_method: str):
-        bundle.check_model(lm.identity())
+        self.scorer = Scorer(lm, bundle)  # checks the bundle against the model and builds the patch
         self.lm = lm
         self.bundle = bundle
         self.policy = policy
         self.see_method = see_method
         self._model_name = model_name
-        self.patch = SeenPatch(lm.model, bundle.paths, bundle.bases_by_profile())
+        self.patch = self.scorer.patch
         self.clock = EncoderClock(lm.model.get_submodule(lm.encoder_path))
         self._stack = ExitStack()
         self._stack.enter_context(self.patch.installed())
@@ -85,9 +86,9 @@ class ModelBackend:
 
     def _score_pass(self, batch: ModelBatch) -> tuple[SeeReport, float]:
         """The paper's SEE: no edit, stopping after the last critical layer."""
-        with self.clock.measuring() as encoder, self.patch.score(batch.layout(self.bundle.site)) as readout:
-            self.lm.run_to_site(batch, self.bundle.site)
-        return readout.report(), encoder.seconds
+        with self.clock.measuring() as encoder:
+            report = self.scorer.score_batch(batch)
+        return report, encoder.seconds
 
     # -- score only ---------------------------------------------------------------------------------
 
@@ -96,13 +97,11 @@ class ModelBackend:
         clips, rows = self._flatten(jobs)
         if not clips:
             raise ValueError("scoring needs audio: none of the requests has any")
-        if self.bundle.site is SiteKind.ENCODER_FFN:
-            batch = self.lm.encoder_batch(clips).to(self.lm.device, self.lm.dtype)
-        else:
-            batch = self._chat_batch(jobs, clips)
-        start = time.perf_counter()
+        # The encoder site needs the features alone; a decoder site needs the request's own prompt.
+        encoder_site = self.bundle.site is SiteKind.ENCODER_FFN
+        batch = self.scorer.batch(clips) if encoder_site else self._chat_batch(jobs, clips)
         report, encoder_seconds = self._score_pass(batch)
-        timing = Timing(encoder_seconds or time.perf_counter() - start, 0.0, len(jobs))
+        timing = Timing(encoder_seconds, 0.0, len(jobs))
         outcomes = []
         for job, job_rows in zip(jobs, rows, strict=True):
             if not job_rows:
@@ -120,7 +119,7 @@ class ModelBackend:
     # -- generate -----------------------------------------------------------------------------------
 
     def _needs_score_pass(self, jobs: Sequence[GenerateJob]) -> bool:
-        if self.policy.adaptive or any(job.control.profile == "auto" for job in jobs):
+        if self.policy.adaptive or any(job.control.profile == AUTO_PROFILE for job in jobs):
             return True
         return self.see_method == "exact" and any(job.control.applied_strength > 0 for job in jobs)
 
