@@ -1,0 +1,1 @@
+"""Model-free building blocks of the paper-reproduction evaluation: audio measures, denoisers, statistics."""
