@@ -3,7 +3,7 @@ PYTHON ?= python3
 # The CPU build of torch is pinned first so that pip never resolves a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint typecheck unit bench
+.PHONY: install test lint typecheck unit bench demo-model demo-bundle
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
@@ -23,3 +23,21 @@ test: install lint typecheck unit
 
 bench:
 	$(PYTHON) -m benchmarks.encoder_overhead
+
+# The embedded demo model (docs: demo/assets/qwen2-audio-demo/README.md). About 25 minutes on 2 CPU cores.
+DEMO_MODEL := demo/assets/qwen2-audio-demo
+DEMO_BUNDLE := demo/assets/qwen2-audio-demo-bundle
+DEMO_CLIPS := build/demo-calibration
+DEMO_NOISES := white pink babble engine wind
+
+demo-model:
+	$(PYTHON) -m demo.train --out $(DEMO_MODEL)
+	$(MAKE) demo-bundle
+
+demo-bundle:
+	rm -rf $(DEMO_CLIPS)
+	$(PYTHON) -m demo.clips --out $(DEMO_CLIPS)/clean --example demo/assets/examples/request.wav
+	for kind in $(DEMO_NOISES); do seen noise --kind $$kind --seconds 4 --out $(DEMO_CLIPS)/$$kind || exit 1; done
+	seen calibrate --model $(DEMO_MODEL) --clean $(DEMO_CLIPS)/clean $(foreach kind,$(DEMO_NOISES),--noise $(kind)=$(DEMO_CLIPS)/$(kind)) \
+		--alpha 0.99 --delta 0.5 --out $(DEMO_BUNDLE)
+	$(PYTHON) -m demo.card

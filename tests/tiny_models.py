@@ -140,46 +140,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from demo.model import byte_level_tokenizer
+
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160
 
 # --------------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """Map each byte to the printable character that byte-level BPE vocabularies use for it (GPT-2)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
-
-
-def _qwen_tokenizer(special_tokens: Sequence[str], named: dict[str, str], chat_template: str) -> Any:
-    """Byte-level ``Qwen2Tokenizer``: ids 0..255 are the bytes, then ``special_tokens`` in order."""
-    from transformers import Qwen2Tokenizer
-
-    table = _bytes_to_unicode()
-    vocab = {table[b]: b for b in range(256)}
-    for token in special_tokens:
-        vocab.setdefault(token, len(vocab))
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=[],
-        padding_side="left",
-        model_max_length=32768,
-        extra_special_tokens=named,
-    )
-    tokenizer.add_special_tokens({"extra_special_tokens": list(special_tokens)}, replace_extra_special_tokens=False)
-    tokenizer.chat_template = chat_template
-    return tokenizer
 
 
 def _init_model(model_class: Any, config: Any, seed: int) -> Any:
@@ -265,7 +233,7 @@ def build_qwen2_audio(folder: Path, *, seed: int = 0) -> Path:
     )
 
     folder = Path(folder)
-    tokenizer = _qwen_tokenizer(
+    tokenizer = byte_level_tokenizer(
         QWEN2_AUDIO_SPECIAL_TOKENS,
         {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
         QWEN2_AUDIO_CHAT_TEMPLATE,
@@ -381,7 +349,7 @@ def build_qwen2_5_omni_thinker(folder: Path, *, seed: int = 0) -> Path:
     )
 
     folder = Path(folder)
-    tokenizer = _qwen_tokenizer(
+    tokenizer = byte_level_tokenizer(
         QWEN2_5_OMNI_SPECIAL_TOKENS,
         {
             "audio_token": "<|AUDIO|>",

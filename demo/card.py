@@ -1,0 +1,142 @@
+"""Measure the committed demo model and write its model card: ``python -m demo.card``.
+
+Accuracy (no SEEN) and SEE on fresh held-out clips, clean and under every synthetic noise type at every
+SNR of the paper's grid, plus the bundle's calibration record. Writes ``evaluation.json`` and
+``README.md`` into the model folder; every figure in the card comes from those measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
+from demo.data import speak, test_pairs
+from demo.evaluate import SNRS_DB, answer, noisy, score
+from seen.adapters import load_audio_lm
+from seen.bundle import NoiseBundle
+from seen.noise import NOISE_TYPES
+from seen.scoring import Scorer
+
+CARD_SEED = 7
+
+
+def measure(model_dir: Path, bundle_dir: Path, clips: int) -> dict[str, Any]:
+    """Accuracy and mean SEE (the bundle's default profile) per noise type and SNR, on held-out voices."""
+    lm = load_audio_lm(str(model_dir), dtype="float32")
+    bundle = NoiseBundle.load(bundle_dir)
+    scorer = Scorer(lm, bundle)
+    column = scorer.patch.profiles.index(bundle.default_profile)
+    window = lm.max_clip_seconds
+    examples = speak(test_pairs(clips, seed=CARD_SEED), window)
+    references = [e.sentence for e in examples]
+    audio = [e.audio for e in examples]
+    new_sentences = speak(test_pairs(clips, seed=CARD_SEED, new_sentences=True), window)
+
+    def condition(batch: Sequence[Any]) -> dict[str, Any]:
+        see = scorer.score(batch, batch_size=32).see[:, column]
+        return {**asdict(score(answer(lm, batch), references)), "see_mean": float(see.mean())}
+
+    result: dict[str, Any] = {
+        "clips": clips,
+        "profile": bundle.default_profile,
+        "clean": condition(audio),
+        "clean_new_sentences": asdict(
+            score(answer(lm, [e.audio for e in new_sentences]), [e.sentence for e in new_sentences])
+        ),
+        "noise": {},
+    }
+    with tqdm(total=len(NOISE_TYPES) * len(SNRS_DB), desc="conditions", unit="condition") as bar:
+        for kind in NOISE_TYPES:
+            result["noise"][kind] = {}
+            for snr in SNRS_DB:
+                result["noise"][kind][str(snr)] = condition(noisy(audio, kind, snr, seed=1000))
+                bar.update()
+    return result
+
+
+def _accuracy_table(measured: dict[str, Any], key: str, digits: int) -> list[str]:
+    header = "| noise | clean | " + " | ".join(f"{snr} dB" for snr in SNRS_DB) + " |"
+    lines = [header, "|" + "---|" * (len(SNRS_DB) + 2)]
+    for kind, by_snr in measured["noise"].items():
+        cells = [f"{by_snr[str(snr)][key]:.{digits}f}" for snr in SNRS_DB]
+        lines.append(f"| {kind} | {measured['clean'][key]:.{digits}f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _calibration_lines(bundle: NoiseBundle) -> list[str]:
+    record = bundle.calibration
+    options = ", ".join(f"{key} {value}" for key, value in record.get("options", {}).items())
+    profiles = list(record.get("directions", {}))
+    lines = [
+        f"Options: {options}.",
+        "",
+        "| layer | M_l | D_l | selected | " + " | ".join(f"k {p}" for p in profiles) + " |",
+    ]
+    lines.append("|" + "---|" * (4 + len(profiles)))
+    ranks = {p: {d["layer"]: d["k"] for d in record["directions"][p]} for p in profiles}
+    for row in record.get("localization", []):
+        k = [str(ranks[p].get(row["layer"], "-")) for p in profiles]
+        selected = "yes" if row["selected"] else ""
+        lines.append(
+            f"| {row['layer']} | {row['distance']:.4g} | {row['consistency']:.4f} | {selected} | "
+            + " | ".join(k)
+            + " |"
+        )
+    lines += ["", "| profile | clean SEE mean (p95) | noise SEE mean (p05) | noise clips |", "|---|---|---|---|"]
+    for name, profile in bundle.profiles.items():
+        clean, noise = profile.see_clean, profile.see_noise
+        if clean is not None and noise is not None:
+            lines.append(
+                f"| {name} | {clean.mean:.4f} ({clean.quantiles['p95']:.4f}) | "
+                f"{noise.mean:.4f} ({noise.quantiles['p05']:.4f}) | {profile.clips} |"
+            )
+    return lines
+
+
+def render(training: dict[str, Any], measured: dict[str, Any], bundle: NoiseBundle) -> str:
+    recipe, arch = training["recipe"], training["architecture"]
+    clean, new = measured["clean"], measured["clean_new_sentences"]
+    template = (Path(__file__).parent / "card_template.md").read_text()
+    return template.format(
+        parameters=f"{training['parameters']:,}",
+        architecture=", ".join(f"{key} {value}" for key, value in arch.items()),
+        recipe="\n".join(f"- `{key}`: {value}" for key, value in recipe.items()),
+        training_minutes=f"{training['training_seconds'] / 60:.1f}",
+        threads=training["torch_threads"],
+        clips=measured["clips"],
+        clean_exact=f"{clean['exact_match']:.3f}",
+        clean_wer=f"{clean['wer']:.3f}",
+        new_exact=f"{new['exact_match']:.3f}",
+        new_wer=f"{new['wer']:.3f}",
+        accuracy_table="\n".join(_accuracy_table(measured, "exact_match", 2)),
+        see_table="\n".join(_accuracy_table(measured, "see_mean", 3)),
+        profile=measured["profile"],
+        calibration="\n".join(_calibration_lines(bundle)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
+    parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE_DIR)
+    parser.add_argument("--clips", type=int, default=200, help="held-out clips per condition (default 200)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    measured = measure(args.model, args.bundle, args.clips)
+    (args.model / "evaluation.json").write_text(json.dumps(measured, indent=2) + "\n")
+    training = json.loads((args.model / "training.json").read_text())
+    (args.model / "README.md").write_text(render(training, measured, NoiseBundle.load(args.bundle)))
+    print(f"model card written to {args.model / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
