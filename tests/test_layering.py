@@ -1,4 +1,6 @@
-"""Imports point one way: cli -> (calibration, service, demo) -> seen, never back (demo may use calibration).
+"""Imports point one way: cli -> (calibration, service, demo, evaluation) -> seen, never back.
+
+demo may use calibration; evaluation may use the service's engine (not its HTTP side).
 
 The one exception: the service reads where the embedded demo checkpoint lives from the ``demo`` package
 root, which holds two paths and imports nothing of the project.
@@ -17,7 +19,7 @@ FORBIDDEN = {
     "calibration": {"service", "cli", "tests", "demo"},
     "service": {"calibration", "cli", "tests"},
     "demo": {"service", "cli", "tests"},
-    "evaluation": {"service", "cli", "tests"},
+    "evaluation": {"cli", "tests", "calibration", "demo"},
 }
 
 
@@ -48,6 +50,17 @@ def test_the_service_takes_only_asset_locations_from_demo() -> None:
     }
     assert {file: names for file, names in offenders.items() if names} == {}
     assert _imported_packages(ROOT / "demo" / "__init__.py") == {"pathlib"}
+
+
+def test_evaluation_uses_the_service_engine_only() -> None:
+    """``seen eval`` generates through the service's batched backend, never through its HTTP side."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in _imported_modules(path) if m.startswith("service") and not m.startswith("service.engine")
+        )
+        for path in (ROOT / "evaluation").rglob("*.py")
+    }
+    assert {file: names for file, names in offenders.items() if names} == {}
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -8,8 +8,8 @@ Only this module touches the model, and only from the engine's single device thr
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -68,6 +68,15 @@ class ModelBackend:
     def close(self) -> None:
         """Remove the hooks: the model is the original again."""
         self._stack.close()
+
+    @contextmanager
+    def policy_in_effect(self, policy: NoisePolicy) -> Iterator[None]:
+        """Run batches under another policy, e.g. an evaluation comparing fixed and adaptive lambda on one patch."""
+        previous, self.policy = self.policy, policy
+        try:
+            yield
+        finally:
+            self.policy = previous
 
     # -- batches ------------------------------------------------------------------------------------
 

@@ -1,0 +1,250 @@
+"""Run every (noise, SNR, method) condition through the service's model backend and record one row per clip.
+
+Per condition the noisy inputs are mixed once, each denoiser runs once, and the raw-audio measures of
+every distinct input are computed once; the methods then share them. Generation goes through
+:class:`service.engine.runner.ModelBackend`, the batched backend the service runs, so the SEE, SEEN and
+answers measured here are the ones a deployment gets. Finished conditions are stored one file each, so
+an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+from numpy.typing import NDArray
+
+from evaluation.analysis import RequestRow, rows_from_csv, rows_to_csv
+from evaluation.audio_measures import stoi, wada_snr
+from evaluation.dataset import Dataset, NoiseSource, normalize
+from evaluation.denoisers import DENOISERS, make_denoiser
+from seen.adapters import AudioLM
+from seen.audio import split_into_windows
+from seen.bundle import NoiseBundle
+from seen.noise import achieved_snr_db, mix_components
+from service.engine.protocol import GenerateJob, Sampling
+from service.engine.report import Control, NoisePolicy
+from service.engine.runner import ModelBackend
+
+SEEN_PREFIX = "seen-"
+ADAPTIVE = "seen-adaptive"
+DEFAULT_SNRS_DB = (-10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 30.0)
+DEFAULT_METHODS = ("none", "seen-0.25", "seen-0.5", "seen-1", ADAPTIVE, *DENOISERS)
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a condition's audio reaches the model: as is, through SEEN at some lambda, or through a denoiser."""
+
+    name: str
+    strength: float = 0.0
+    denoiser: str | None = None
+
+    @property
+    def uses_seen(self) -> bool:
+        return self.name.startswith(SEEN_PREFIX)
+
+
+def parse_method(name: str) -> Method:
+    if name == "none":
+        return Method(name)
+    if name == ADAPTIVE:
+        return Method(name, strength=1.0)
+    if name.startswith(SEEN_PREFIX):
+        try:
+            strength = float(name.removeprefix(SEEN_PREFIX))
+        except ValueError:
+            strength = math.nan
+        if not 0.0 < strength <= 2.0:
+            raise ValueError(f"method {name!r}: SEEN methods are seen-<lambda> with 0 < lambda <= 2, or {ADAPTIVE}")
+        return Method(name, strength=strength)
+    if name in DENOISERS:
+        return Method(name, denoiser=name)
+    raise ValueError(f"unknown method {name!r}; allowed: none, seen-<lambda>, {ADAPTIVE}, {', '.join(DENOISERS)}")
+
+
+@dataclass(frozen=True)
+class Condition:
+    noise: NoiseSource | None  # None: the clean clips
+    snr_db: float | None
+
+    @property
+    def label(self) -> str:
+        return CLEAN if self.noise is None else f"{self.noise.name}@{self.snr_db:g}dB"
+
+
+@dataclass(frozen=True)
+class _Input:
+    """Audio as the model receives it, with its raw-audio measures against the clean clip."""
+
+    audio: NDArray[np.float32]
+    true_snr_db: float | None
+    wada_snr_db: float
+    stoi: float
+
+
+class Evaluator:
+    """One model and bundle, one dataset: turns a condition and its methods into request rows."""
+
+    def __init__(
+        self,
+        lm: AudioLM,
+        bundle: NoiseBundle,
+        dataset: Dataset,
+        *,
+        batch_size: int = 16,
+        max_tokens: int = 128,
+        profile: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.lm, self.dataset = lm, dataset
+        self.batch_size, self.seed = batch_size, seed
+        self.profile = profile or bundle.default_profile
+        self.sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
+        self.backend = ModelBackend(lm, bundle, NoisePolicy(bundle), model_name="eval", see_method="exact")
+        self.adaptive_policy = NoisePolicy(bundle, adaptive=True)
+        NoisePolicy(bundle).check_profile(self.profile)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def _mixtures(self, condition: Condition) -> tuple[list[NDArray[np.float32]], list[NDArray[np.float32]]]:
+        """(clean reference as it sits in each input, model input) per clip."""
+        rate = self.lm.sample_rate
+        if condition.noise is None or condition.snr_db is None:
+            clips = [item.audio for item in self.dataset.items]
+            return clips, clips
+        references, inputs = [], []
+        for index, item in enumerate(self.dataset.items):
+            noise = condition.noise.for_clip(index, item.audio.size, rate, self.seed)
+            mix = mix_components(item.audio, noise, condition.snr_db)
+            references.append(mix.clean)
+            inputs.append(mix.mixture)
+        return references, inputs
+
+    def _measure(
+        self, references: Sequence[NDArray[np.float32]], audio: Sequence[NDArray[np.float32]], noisy: bool
+    ) -> list[_Input]:
+        rate = self.lm.sample_rate
+        return [
+            _Input(clip, achieved_snr_db(ref, clip) if noisy else None, wada_snr(clip), stoi(ref, clip, rate))
+            for ref, clip in zip(references, audio, strict=True)
+        ]
+
+    def _answers(self, inputs: Sequence[_Input], method: Method) -> list[tuple[str, float, float | None]]:
+        """(answer, SEE, residual SEE) per clip, in batches through the backend."""
+        control = Control(enabled=method.uses_seen, strength=method.strength, profile=self.profile)
+        window = self.lm.max_clip_seconds
+        jobs = []
+        for item, model_input in zip(self.dataset.items, inputs, strict=True):
+            windows = split_into_windows(model_input.audio, self.lm.sample_rate, window)
+            content = [{"type": "audio"} for _ in windows] + [{"type": "text", "text": item.question}]
+            jobs.append(GenerateJob([{"role": "user", "content": content}], windows, control, self.sampling))
+        policy = self.adaptive_policy if method.name == ADAPTIVE else self.backend.policy
+        results = []
+        with self.backend.policy_in_effect(policy):
+            for start in range(0, len(jobs), self.batch_size):
+                for outcome in self.backend.generate(jobs[start : start + self.batch_size]):
+                    report = outcome.report
+                    assert report is not None  # every job has audio
+                    residual = report.residual_see if method.uses_seen else None
+                    results.append((outcome.text, report.see, residual))
+        return results
+
+    def _success(self, answer: str, reference: str) -> tuple[float, float | None]:
+        if self.dataset.task == "qa":
+            return float(normalize(answer) == normalize(reference)), None
+        wer = float(jiwer.wer(normalize(reference), normalize(answer) or "<empty>"))
+        return max(0.0, 1.0 - wer), wer
+
+    def run(self, condition: Condition, methods: Sequence[Method]) -> dict[str, list[RequestRow]]:
+        """Rows per method for one condition; noisy inputs and denoised audio computed once and shared."""
+        references, mixed = self._mixtures(condition)
+        noisy = condition.noise is not None
+        raw: list[_Input] | None = None
+        rows: dict[str, list[RequestRow]] = {}
+        for method in methods:
+            if method.denoiser is not None:
+                denoiser = make_denoiser(method.denoiser)
+                denoised = [denoiser(clip, self.lm.sample_rate) for clip in mixed]
+                inputs = self._measure(references, denoised, noisy)
+            else:
+                raw = raw or self._measure(references, mixed, noisy)
+                inputs = raw
+            rows[method.name] = []
+            for item, model_input, (answer, see, residual) in zip(
+                self.dataset.items, inputs, self._answers(inputs, method), strict=True
+            ):
+                success, wer = self._success(answer, item.reference)
+                rows[method.name].append(
+                    RequestRow(
+                        noise=CLEAN if condition.noise is None else condition.noise.name,
+                        snr_db=condition.snr_db,
+                        method=method.name,
+                        clip=item.clip_id,
+                        success=success,
+                        wer=wer,
+                        see=see,
+                        residual_see=residual,
+                        true_snr_db=model_input.true_snr_db,
+                        wada_snr_db=model_input.wada_snr_db,
+                        stoi=model_input.stoi,
+                    )
+                )
+        return rows
+
+
+class ResultStore:
+    """One CSV per finished (condition, method); a run with other settings refuses to reuse the folder."""
+
+    def __init__(self, folder: Path, fingerprint: dict[str, object]) -> None:
+        self.rows_dir = folder / "rows"
+        self.rows_dir.mkdir(parents=True, exist_ok=True)
+        manifest = folder / "run.json"
+        if manifest.exists():
+            previous = json.loads(manifest.read_text())
+            if previous != fingerprint:
+                changed = sorted(
+                    k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k)
+                )
+                raise ValueError(f"{folder} holds a run with other settings ({', '.join(changed)}); use a new --out")
+        manifest.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+    def _path(self, condition: Condition, method: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-.@" else "_" for c in f"{condition.label}__{method}")
+        return self.rows_dir / f"{safe}.csv"
+
+    def has(self, condition: Condition, method: str) -> bool:
+        return self._path(condition, method).exists()
+
+    def save(self, condition: Condition, method: str, rows: Sequence[RequestRow]) -> None:
+        path = self._path(condition, method)
+        partial = path.with_suffix(".partial")
+        rows_to_csv(list(rows), partial)
+        partial.replace(path)  # atomic: an interrupted write never looks finished
+
+    def load_all(self) -> list[RequestRow]:
+        return [row for path in sorted(self.rows_dir.glob("*.csv")) for row in rows_from_csv(path)]
+
+
+def run_all(
+    evaluator: Evaluator,
+    store: ResultStore,
+    conditions: Sequence[Condition],
+    methods: Sequence[Method],
+    on_condition: Callable[[Condition], None] = lambda _: None,
+) -> list[RequestRow]:
+    """Every condition not already in the store, then every stored row."""
+    for condition in conditions:
+        missing = [m for m in methods if not store.has(condition, m.name)]
+        if missing:
+            for name, rows in evaluator.run(condition, missing).items():
+                store.save(condition, name, rows)
+        on_condition(condition)
+    return store.load_all()
