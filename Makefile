@@ -39,5 +39,5 @@ demo-bundle:
 	$(PYTHON) -m demo.clips --out $(DEMO_CLIPS)/clean --example demo/assets/examples/request.wav
 	for kind in $(DEMO_NOISES); do seen noise --kind $$kind --seconds 4 --out $(DEMO_CLIPS)/$$kind || exit 1; done
 	seen calibrate --model $(DEMO_MODEL) --clean $(DEMO_CLIPS)/clean $(foreach kind,$(DEMO_NOISES),--noise $(kind)=$(DEMO_CLIPS)/$(kind)) \
-		--alpha 0.99 --delta 0.5 --out $(DEMO_BUNDLE)
+		--delta 14 --delta-mode chance --max-directions 4 --out $(DEMO_BUNDLE)
 	$(PYTHON) -m demo.card

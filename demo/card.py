@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
-from demo.data import speak, test_pairs
+from demo.data import held_out_pairs, speak
 from demo.evaluate import SNRS_DB, answer, noisy, score
 from seen.adapters import load_audio_lm
 from seen.bundle import NoiseBundle
@@ -29,25 +29,28 @@ CARD_SEED = 7
 
 
 def measure(model_dir: Path, bundle_dir: Path, clips: int) -> dict[str, Any]:
-    """Accuracy and mean SEE (the bundle's default profile) per noise type and SNR, on held-out voices."""
+    """Accuracy and mean SEE per noise type and SNR, on held-out voices."""
     lm = load_audio_lm(str(model_dir), dtype="float32")
     bundle = NoiseBundle.load(bundle_dir)
     scorer = Scorer(lm, bundle)
-    column = scorer.patch.profiles.index(bundle.default_profile)
     window = lm.max_clip_seconds
-    examples = speak(test_pairs(clips, seed=CARD_SEED), window)
+    examples = speak(held_out_pairs(clips, seed=CARD_SEED), window)
     references = [e.sentence for e in examples]
     audio = [e.audio for e in examples]
-    new_sentences = speak(test_pairs(clips, seed=CARD_SEED, new_sentences=True), window)
+    new_sentences = speak(held_out_pairs(clips, seed=CARD_SEED, new_sentences=True), window)
 
-    def condition(batch: Sequence[Any]) -> dict[str, Any]:
-        see = scorer.score(batch, batch_size=32).see[:, column]
-        return {**asdict(score(answer(lm, batch), references)), "see_mean": float(see.mean())}
+    def condition(batch: Sequence[Any], kind: str | None = None) -> dict[str, Any]:
+        """Accuracy, and mean SEE under the noise's own profile (the bundle's default for clean or unknown noise)."""
+        profile = kind if kind in bundle.profiles else bundle.default_profile
+        see = scorer.score(batch, batch_size=32).see[:, scorer.patch.profiles.index(profile)]
+        return {**asdict(score(answer(lm, batch), references)), "see_mean": float(see.mean()), "see_profile": profile}
 
+    clean_see = scorer.score(audio, batch_size=32).see.mean(dim=0)
     result: dict[str, Any] = {
         "clips": clips,
         "profile": bundle.default_profile,
         "clean": condition(audio),
+        "clean_see_by_profile": dict(zip(scorer.patch.profiles, clean_see.tolist(), strict=True)),
         "clean_new_sentences": asdict(
             score(answer(lm, [e.audio for e in new_sentences]), [e.sentence for e in new_sentences])
         ),
@@ -57,17 +60,21 @@ def measure(model_dir: Path, bundle_dir: Path, clips: int) -> dict[str, Any]:
         for kind in NOISE_TYPES:
             result["noise"][kind] = {}
             for snr in SNRS_DB:
-                result["noise"][kind][str(snr)] = condition(noisy(audio, kind, snr, seed=1000))
+                result["noise"][kind][str(snr)] = condition(noisy(audio, kind, snr, seed=1000), kind)
                 bar.update()
     return result
 
 
-def _accuracy_table(measured: dict[str, Any], key: str, digits: int) -> list[str]:
+def _table(measured: dict[str, Any], key: str, digits: int) -> list[str]:
+    """One row per noise type: the clean value, then every SNR (SEE rows use that row's profile throughout)."""
     header = "| noise | clean | " + " | ".join(f"{snr} dB" for snr in SNRS_DB) + " |"
     lines = [header, "|" + "---|" * (len(SNRS_DB) + 2)]
     for kind, by_snr in measured["noise"].items():
         cells = [f"{by_snr[str(snr)][key]:.{digits}f}" for snr in SNRS_DB]
-        lines.append(f"| {kind} | {measured['clean'][key]:.{digits}f} | " + " | ".join(cells) + " |")
+        clean = measured["clean"][key]
+        if key == "see_mean":
+            clean = measured["clean_see_by_profile"][by_snr[str(SNRS_DB[0])]["see_profile"]]
+        lines.append(f"| {kind} | {clean:.{digits}f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -116,8 +123,8 @@ def render(training: dict[str, Any], measured: dict[str, Any], bundle: NoiseBund
         clean_wer=f"{clean['wer']:.3f}",
         new_exact=f"{new['exact_match']:.3f}",
         new_wer=f"{new['wer']:.3f}",
-        accuracy_table="\n".join(_accuracy_table(measured, "exact_match", 2)),
-        see_table="\n".join(_accuracy_table(measured, "see_mean", 3)),
+        accuracy_table="\n".join(_table(measured, "exact_match", 2)),
+        see_table="\n".join(_table(measured, "see_mean", 3)),
         profile=measured["profile"],
         calibration="\n".join(_calibration_lines(bundle)),
     )

@@ -84,7 +84,7 @@ def training_pairs(count: int, seed: int) -> list[tuple[str, Voice]]:
     return sample_pairs(train_sentences, train_variants, count, seed)
 
 
-def test_pairs(count: int, seed: int, *, new_sentences: bool = False) -> list[tuple[str, Voice]]:
+def held_out_pairs(count: int, seed: int, *, new_sentences: bool = False) -> list[tuple[str, Voice]]:
     """Held-out voices saying training sentences, or (``new_sentences``) held-out voices saying held-out sentences."""
     train_sentences, held_sentences = split_sentences()
     _, held_variants = split_variants()
