@@ -100,8 +100,6 @@ async def load_model(state: ServiceState) -> None:
 
 def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None] | None = None) -> FastAPI:
     settings = settings or Settings()
-    if not settings.model or not settings.bundle:
-        raise ValueError("set the model and its noise bundle (SEEN_MODEL and SEEN_BUNDLE, or --model and --bundle)")
     bundle = NoiseBundle.load(settings.bundle)
     metrics = ServiceMetrics(settings.model_name, see_buckets(bundle, settings.see_buckets))
     state = ServiceState(settings=settings, bundle=bundle, policy=_policy(settings, bundle), metrics=metrics)

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
 
 CONFIG_FILE_VARIABLE = "SEEN_CONFIG_FILE"
 
@@ -31,9 +33,10 @@ class Settings(BaseSettings):
     )
 
     model: str = ""
-    """Model folder or hub id of the audio-language model to serve."""
+    """Model folder or hub id of the audio-language model to serve; empty (with ``bundle`` empty too) serves the
+    embedded demo model."""
     bundle: str = ""
-    """Folder of the noise-basis bundle made for that model by ``seen calibrate``."""
+    """Folder of the noise-basis bundle made for that model by ``seen calibrate``; empty only with ``model`` empty."""
     served_model_name: str = ""
     """Name clients pass as ``model`` and the ``model_name`` metric label (default: the model folder's name)."""
     device: str = "auto"
@@ -111,6 +114,16 @@ class Settings(BaseSettings):
         if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError("see_buckets must be strictly increasing")
         return value
+
+    @model_validator(mode="after")
+    def _model_and_bundle(self) -> Settings:
+        if not self.model and not self.bundle:
+            self.model, self.bundle = str(DEMO_MODEL_DIR), str(DEMO_BUNDLE_DIR)
+        elif not self.bundle:
+            raise ValueError(f"model {self.model!r} needs its bundle: set bundle (seen calibrate makes one)")
+        elif not self.model:
+            raise ValueError(f"bundle {self.bundle!r} needs the model it was made for: set model")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from demo.clips import EXAMPLE_SENTENCE
 from seen.bundle import NoiseBundle
 from tests.conftest import speechlike
 from tests.service_helpers import MODEL_NAME, audio_bytes, audio_part, chat_body, metric_value
@@ -540,3 +541,25 @@ def test_serve_rejects_a_missing_bundle(tmp_path: Path) -> None:
     assert "seen serve: error:" in result.stderr
     assert "not a noise bundle" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_seen_serve_with_no_model_option_serves_the_demo_model(tmp_path: Path) -> None:
+    """The README's quick start: no model or bundle option, the bundled example clip, a transcription."""
+    port = free_port()
+    command = [sys.executable, "-m", "cli.main", "serve", "--host", HOST, "--port", str(port), "--device", "cpu"]
+    server = Server.start(command, port, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        example = ROOT / "demo" / "assets" / "examples" / "request.wav"
+        with httpx.Client(base_url=server.url, timeout=30.0) as http:
+            reply = http.post(
+                "/v1/audio/transcriptions",
+                data={"model": "qwen2-audio-demo"},
+                files={"file": ("request.wav", example.read_bytes(), "audio/wav")},
+            )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["text"] == EXAMPLE_SENTENCE
+        assert reply.json()["noise_report"]["noisy"] is False  # a clean request: below the calibrated threshold
+        check_clean_exit(server, server.stop())
+    finally:
+        server.stop()
