@@ -101,13 +101,14 @@ async def test_a_scrape_passes_promtool(paths: tuple[Path, Path]) -> None:
 
 def test_settings_come_from_the_environment_and_a_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "seen.toml"
-    config.write_text('model = "from-file"\nmax_batch_size = 3\napi_keys = ["a"]\n')
+    config.write_text('model = "from-file"\nbundle = "bundle-from-file"\nmax_batch_size = 3\napi_keys = ["a"]\n')
     monkeypatch.setenv("SEEN_CONFIG_FILE", str(config))
     monkeypatch.setenv("SEEN_MAX_BATCH_SIZE", "5")
     monkeypatch.setenv("SEEN_API_KEYS", "k1, k2")
     monkeypatch.setenv("SEEN_SEE_BUCKETS", "0.1,0.2,0.5")
     settings = Settings(port=9000)
-    assert settings.model == "from-file" and settings.max_batch_size == 5 and settings.port == 9000
+    assert settings.model == "from-file" and settings.bundle == "bundle-from-file"
+    assert settings.max_batch_size == 5 and settings.port == 9000
     assert settings.api_keys == ["k1", "k2"] and settings.see_buckets == [0.1, 0.2, 0.5]
     assert settings.model_name == "from-file"
     monkeypatch.setenv("SEEN_SEE_BUCKETS", "0.5,0.2")
