@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,6 @@ from cli.options import add_model_options, load_model
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
 from evaluation.analysis import analyze, rows_to_csv
 from evaluation.dataset import load_dataset, parse_noise
-from evaluation.report import write_report
 from evaluation.runner import DEFAULT_METHODS, DEFAULT_SNRS_DB, Condition, Evaluator, ResultStore, parse_method, run_all
 from seen.bundle import NoiseBundle
 
@@ -55,7 +55,20 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _check_extras(methods: list[str]) -> None:
+    """The eval extra is optional (serving does not need it): say what is missing before any work starts."""
+    needed = ["matplotlib", "pystoi"]
+    needed += ["noisereduce"] if any(m.startswith("noisereduce") for m in methods) else []
+    needed += ["pyrnnoise"] if "rnnoise" in methods else []
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(f"seen eval needs {', '.join(missing)}: pip install 'seen[eval]' (or '.[eval]')")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_extras(args.methods)
+    from evaluation.report import write_report  # matplotlib: only with the eval extra
+
     if args.model is None and args.bundle is None:
         args.model, args.bundle = str(DEMO_MODEL_DIR), DEMO_BUNDLE_DIR
     elif args.model is None or args.bundle is None:

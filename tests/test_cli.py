@@ -97,3 +97,18 @@ def test_console_entry_point_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, check=True)
     for command in ("calibrate", "score", "import-basis", "noise"):
         assert command in result.stdout
+
+
+def test_the_cli_and_the_service_start_without_the_eval_extra() -> None:
+    """Serving must not need matplotlib, pystoi, noisereduce or pyrnnoise (the optional eval extra)."""
+    root = Path(__file__).resolve().parents[1]
+    blocked = "; ".join(
+        f"sys.modules[{name!r}] = None" for name in ("matplotlib", "pystoi", "noisereduce", "pyrnnoise")
+    )
+    code = f"import sys; {blocked}; from cli.main import build_parser; build_parser(); import service.app"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr
+    argv = ["eval", "--dataset", "x.csv", "--out", "y"]
+    code = f"import sys; {blocked}; from cli.main import main; sys.exit(main({argv!r}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 2 and "pip install 'seen[eval]'" in result.stderr, result.stderr
