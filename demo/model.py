@@ -18,29 +18,47 @@ HOP_LENGTH = 160
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
 """Qwen2-Audio's special tokens, after the 256 byte tokens."""
 
-CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
-"""Qwen2-Audio-Instruct's template without its default system prompt (shorter sequences to train on)."""
+
+def qwen2_audio_chat_template(default_system_prompt: str | None = None) -> str:
+    """Qwen2-Audio-Instruct's chat template; an audio part is any part whose type is "audio".
+
+    The released template opens with "You are a helpful assistant." when no system message is given;
+    the demo model leaves it out (shorter sequences to train on).
+    """
+    system = (
+        "{% if loop.first and message['role'] != 'system' %}"
+        f"<|im_start|>system\n{default_system_prompt}<|im_end|>\n"
+        "{% endif %}"
+        if default_system_prompt
+        else ""
+    )
+    return (
+        "{% set audio_count = namespace(value=0) %}"
+        "{% for message in messages %}"
+        f"{system}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}"
+        "{{ message['content'] }}<|im_end|>\n"
+        "{% else %}"
+        "{% for content in message['content'] %}"
+        "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+        "{% set audio_count.value = audio_count.value + 1 %}"
+        "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+        "{% elif 'text' in content %}"
+        "{{ content['text'] }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "<|im_end|>\n"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = qwen2_audio_chat_template()
+"""The demo model's template: Qwen2-Audio-Instruct's without its default system prompt."""
 
 
 @dataclass(frozen=True)

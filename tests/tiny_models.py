@@ -140,7 +140,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from demo.model import byte_level_tokenizer
+from demo.model import SPECIAL_TOKENS, byte_level_tokenizer, qwen2_audio_chat_template
 
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160
@@ -171,41 +171,10 @@ def qwen_audio_tokens(mel_lengths: torch.Tensor) -> torch.Tensor:
 # Qwen2-Audio
 # --------------------------------------------------------------------------------------------------
 
-QWEN2_AUDIO_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|AUDIO|>",
-    "<|audio_bos|>",
-    "<|audio_eos|>",
-)
+QWEN2_AUDIO_SPECIAL_TOKENS = SPECIAL_TOKENS
 
-#: Qwen2-Audio-7B-Instruct's template; an audio part is any part whose type is "audio".
-QWEN2_AUDIO_CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+#: Qwen2-Audio-7B-Instruct's template, with its default system prompt.
+QWEN2_AUDIO_CHAT_TEMPLATE = qwen2_audio_chat_template("You are a helpful assistant.")
 
 
 def build_qwen2_audio(folder: Path, *, seed: int = 0) -> Path:
