@@ -103,6 +103,8 @@ def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None]
     bundle = NoiseBundle.load(settings.bundle)
     metrics = ServiceMetrics(settings.model_name, see_buckets(bundle, settings.see_buckets))
     state = ServiceState(settings=settings, bundle=bundle, policy=_policy(settings, bundle), metrics=metrics)
+    metrics.describe_bundle(bundle, state.policy.thresholds)
+    metrics.track_readiness(lambda: state.ready)
 
     async def load_in_background() -> None:
         try:

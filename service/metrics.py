@@ -7,7 +7,7 @@ served model are resolved; they can be set explicitly instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -108,6 +108,22 @@ class ServiceMetrics:
             "audio_duration_seconds", "Duration of the audio in each request.",
             [*model, "endpoint"], namespace=ns, registry=r, buckets=AUDIO_DURATION_BUCKETS,
         )  # fmt: skip
+        self.ready = Gauge(
+            "ready", "1 while the server answers requests; 0 while the model loads, after a load failure, or draining.",
+            model, namespace=ns, registry=r,
+        )  # fmt: skip
+        self.queue_capacity = Gauge(
+            "queue_capacity_requests", "Most requests that may wait for the device (beyond it: 503 queue_full).",
+            model, namespace=ns, registry=r,
+        )  # fmt: skip
+        self.calibrated_see = Gauge(
+            "calibrated_see_ratio", "Quantiles of clip SEE on the bundle's calibration clips, clean speech and noise.",
+            [*model, "profile", "condition", "quantile"], namespace=ns, registry=r,
+        )  # fmt: skip
+        self.noisy_threshold = Gauge(
+            "noisy_threshold_ratio", "SEE above which a request counts as noisy, per profile.",
+            [*model, "profile"], namespace=ns, registry=r,
+        )  # fmt: skip
         self.info = Gauge(
             "build_info", "Always 1; the labels identify the software, the model and the noise bundle.",
             [*model, "version", "architecture", "bundle_sha256", "site", "profiles"], namespace=ns, registry=r,
@@ -116,5 +132,19 @@ class ServiceMetrics:
     def describe_model(self, architecture: str, bundle_sha256: str, site: str, profiles: Sequence[str]) -> None:
         self.info.labels(self.model_name, __version__, architecture, bundle_sha256, site, ",".join(profiles)).set(1)
 
-    def track_queue(self, depth: Callable[[], int]) -> None:
+    def describe_bundle(self, bundle: NoiseBundle, thresholds: Mapping[str, float | None]) -> None:
+        """Export the calibrated SEE ranges and noisy thresholds, which alerts and dashboards compare against."""
+        for name, profile in bundle.profiles.items():
+            threshold = thresholds[name]
+            if threshold is not None:  # None: imported bases without statistics, nothing is flagged
+                self.noisy_threshold.labels(self.model_name, name).set(threshold)
+            for condition, stats in (("clean", profile.see_clean), ("noise", profile.see_noise)):
+                for quantile, value in (stats.quantiles if stats is not None else {}).items():
+                    self.calibrated_see.labels(self.model_name, name, condition, quantile).set(value)
+
+    def track_readiness(self, is_ready: Callable[[], bool]) -> None:
+        self.ready.labels(self.model_name).set_function(lambda: float(is_ready()))
+
+    def track_queue(self, depth: Callable[[], int], capacity: int) -> None:
         self.queue_depth.labels(self.model_name).set_function(depth)
+        self.queue_capacity.labels(self.model_name).set(capacity)

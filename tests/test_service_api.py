@@ -10,7 +10,7 @@ import pytest
 
 from seen.noise import generate_noise
 from tests.conftest import speechlike
-from tests.service_helpers import MODEL_NAME, audio_bytes, chat_body, metric_value, serving
+from tests.service_helpers import MODEL_NAME, audio_bytes, chat_body, metric_value, running, serving, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +223,27 @@ async def test_the_other_architectures_serve(architecture: str, model_dirs: dict
     assert report["clips"] == 2 and first["see"] != pytest.approx(second["see"], abs=1e-4)
     assert report["see"] == pytest.approx((first["see"] + second["see"]) / 2, abs=1e-5)
     assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_readiness_queue_capacity_and_calibrated_ranges_are_exported(paths: tuple[Path, Path]) -> None:
+    from prometheus_client import generate_latest
+
+    from seen.bundle import NoiseBundle
+    from service.app import create_app
+
+    app = create_app(settings(*paths, max_queue_size=12))
+    before = generate_latest(app.state.service.metrics.registry).decode()
+    assert f'seen_ready{{model_name="{MODEL_NAME}"}} 0.0' in before  # exported, and 0 while the model loads
+    async with running(app) as client:
+        scrape = (await client.get("/metrics")).text
+    assert metric_value(scrape, "seen_ready", model_name=MODEL_NAME) == 1
+    assert metric_value(scrape, "seen_queue_capacity_requests", model_name=MODEL_NAME) == 12
+    bundle = NoiseBundle.load(paths[1])
+    thresholds = app.state.service.policy.thresholds
+    for name, profile in bundle.profiles.items():
+        assert profile.see_clean is not None and profile.see_noise is not None
+        for condition, stats in (("clean", profile.see_clean), ("noise", profile.see_noise)):
+            for quantile, value in stats.quantiles.items():
+                labels = {"profile": name, "condition": condition, "quantile": quantile}
+                assert metric_value(scrape, "seen_calibrated_see_ratio", **labels) == pytest.approx(value)
+        assert metric_value(scrape, "seen_noisy_threshold_ratio", profile=name) == pytest.approx(thresholds[name])

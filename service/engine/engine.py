@@ -69,7 +69,7 @@ class Engine:
     def attach_metrics(self, metrics: ServiceMetrics) -> None:
         """Record from now on (the server attaches after warm-up, so that it is not counted)."""
         self._metrics = metrics
-        metrics.track_queue(self._queue.qsize)
+        metrics.track_queue(self._queue.qsize, self._queue.maxsize)
 
     @property
     def queue_depth(self) -> int:
