@@ -3,11 +3,14 @@ PYTHON ?= python3
 # The CPU build of torch is pinned first so that pip never resolves a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint typecheck unit bench demo-model demo-bundle
+.PHONY: install test lint typecheck unit bench demo-model demo-bundle k8s-rules
+# The Prometheus Operator CRD schemas the Kubernetes checks validate against (Node package).
+CRD_CHECK := deploy/kubernetes/crd-check
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	npm ci --silent --prefix $(CRD_CHECK)
 
 lint:
 	$(PYTHON) -m ruff format --check .
@@ -20,6 +23,10 @@ unit:
 	$(PYTHON) -m pytest -q
 
 test: install lint typecheck unit
+
+# The PrometheusRule for Kubernetes, from the alert rules the compose stack loads.
+k8s-rules:
+	$(PYTHON) deploy/kubernetes/render_prometheusrule.py
 
 bench:
 	$(PYTHON) -m benchmarks.encoder_overhead

@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 from fastapi import FastAPI
 
@@ -19,6 +26,9 @@ from service.app import create_app
 from service.config import Settings
 
 MODEL_NAME = "tiny-qwen2-audio"
+HOST = "127.0.0.1"
+READY_TIMEOUT_SECONDS = 90.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def audio_bytes(clip: np.ndarray, rate: int = 16000, format: str = "WAV") -> bytes:
@@ -69,3 +79,70 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+# -- the real server in a subprocess ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any ``SEEN_*`` setting of its own, plus ``variables``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SEEN_")}
+    env.update(variables)
+    return env
+
+
+@dataclass
+class Server:
+    """A server process, its port and the file its stdout and stderr go to."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @classmethod
+    def start(cls, command: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None) -> Server:
+        with log.open("wb") as handle:
+            process = subprocess.Popen(
+                list(command), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env or environment()
+            )
+        return cls(process, port, log)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        """Poll ``/ready`` until 200; fail with the server's log if it exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    pytest.fail(f"the server exited with code {code} before it was ready; its log:\n{self.output()}")
+                try:
+                    if client.get("/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass  # not listening yet
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"the server was not ready within {timeout:g} s; its log:\n{self.output()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, and kill when it hangs; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()

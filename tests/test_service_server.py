@@ -6,14 +6,12 @@ Separate processes check the graceful shutdown and the start-up refusals.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -27,28 +25,24 @@ from openai.types.chat import ChatCompletionMessageParam
 from demo.clips import EXAMPLE_SENTENCE
 from seen.bundle import NoiseBundle
 from tests.conftest import speechlike
-from tests.service_helpers import MODEL_NAME, audio_bytes, audio_part, chat_body, metric_value
+from tests.service_helpers import (
+    HOST,
+    MODEL_NAME,
+    READY_TIMEOUT_SECONDS,
+    ROOT,
+    Server,
+    audio_bytes,
+    audio_part,
+    chat_body,
+    environment,
+    free_port,
+    metric_value,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
-READY_TIMEOUT_SECONDS = 90.0
 EXIT_TIMEOUT_SECONDS = 60.0
 MAX_TOKENS_DEFAULT = 8
 RATE = 16000
 CHAT_ENDPOINT = "/v1/chat/completions"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any ``SEEN_*`` setting of its own, plus ``variables``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SEEN_")}
-    env.update(variables)
-    return env
 
 
 def serve_command(model: Path, bundle: Path, port: int, *extra: str) -> list[str]:
@@ -63,57 +57,6 @@ def serve_command(model: Path, bundle: Path, port: int, *extra: str) -> list[str
         "--device", "cpu",
         *extra,
     ]  # fmt: skip
-
-
-@dataclass
-class Server:
-    """A server process, its port and the file its stdout and stderr go to."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @classmethod
-    def start(cls, command: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None) -> Server:
-        with log.open("wb") as handle:
-            process = subprocess.Popen(
-                list(command), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env or environment()
-            )
-        return cls(process, port, log)
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
-        """Poll ``/ready`` until 200; fail with the server's log if it exits or takes too long."""
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                code = self.process.poll()
-                if code is not None:
-                    pytest.fail(f"the server exited with code {code} before it was ready; its log:\n{self.output()}")
-                try:
-                    if client.get("/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass  # not listening yet
-                time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"the server was not ready within {timeout:g} s; its log:\n{self.output()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait, and kill when it hangs; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 def sdk_client(server: Server) -> openai.OpenAI:
