@@ -25,10 +25,12 @@ FROM ${PYTHON_IMAGE} AS base-cpu
 ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # -- build: torch from the variant's index first (so pip never picks another build), then the project --
+# hadolint ignore=DL3006
 FROM base-${VARIANT} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 RUN python3 -m venv /opt/seen
 ENV PATH=/opt/seen/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# hadolint ignore=DL3013
 RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -41,6 +43,7 @@ COPY evaluation ./evaluation
 RUN pip install . && python -c "from demo import DEMO_MODEL_DIR, DEMO_BUNDLE_DIR; assert DEMO_MODEL_DIR.is_dir() and DEMO_BUNDLE_DIR.is_dir()"
 
 # -- runtime: the environment and a non-root user, nothing else ------------------------------------
+# hadolint ignore=DL3006
 FROM base-${VARIANT} AS runtime
 COPY --from=build /opt/seen /opt/seen
 RUN useradd --system --uid 10001 --create-home --home-dir /home/seen seen

@@ -15,6 +15,7 @@ install:
 lint:
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m ruff check .
+	hadolint Dockerfile
 
 typecheck:
 	$(PYTHON) -m mypy
