@@ -135,10 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE_DIR)
     parser.add_argument("--clips", type=int, default=200, help="held-out clips per condition (default 200)")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the card from the saved evaluation.json (after a template edit)",
+    )
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    measured = measure(args.model, args.bundle, args.clips)
-    (args.model / "evaluation.json").write_text(json.dumps(measured, indent=2) + "\n")
+    if args.render_only:
+        measured = json.loads((args.model / "evaluation.json").read_text())
+    else:
+        torch.manual_seed(0)
+        measured = measure(args.model, args.bundle, args.clips)
+        (args.model / "evaluation.json").write_text(json.dumps(measured, indent=2) + "\n")
     training = json.loads((args.model / "training.json").read_text())
     (args.model / "README.md").write_text(render(training, measured, NoiseBundle.load(args.bundle)))
     print(f"model card written to {args.model / 'README.md'}")

@@ -24,11 +24,11 @@ CALIBRATION_SEED = 4242
 EXAMPLE_SENTENCE = "turn on the heater in the back"
 
 
-EXAMPLE_NOISE = ("white", 10.0)
+EXAMPLE_NOISE = ("white", 0.0)
 
 
 def write_example(path: Path) -> list[Path]:
-    """The quick start's clips (16-bit PCM WAV, a voice never heard in training): clean, and in white noise at 10 dB."""
+    """The quick start's clips (16-bit PCM WAV, a voice never heard in training): clean, and in white noise at 0 dB."""
     _, held_out = split_variants()
     clean = synthesize(EXAMPLE_SENTENCE, Voice("en-gb", held_out[0], rate=160, pitch=55))
     kind, snr = EXAMPLE_NOISE

@@ -6,6 +6,7 @@ LibriSpeech check when ``../shared`` is absent).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -55,16 +56,13 @@ def _mean_see(scorer: Scorer, clips: list[np.ndarray], profile: str) -> float:
 
 
 def _check_rise(see_clean: float, see: list[float], kind: str) -> None:
-    """SEE over 20, 10, 0, -10 dB under the noise's own profile.
+    """SEE over 20, 10, 0, -10 dB under the noise's own profile: strictly rising, and far above clean at -10 dB.
 
-    Babble: strictly rising all the way. White: strictly rising to 0 dB; at -10 dB it stays far above 10 dB
-    but falls below 0 dB on this model (the model card shows it), so that step is not claimed.
+    Clean is not ranked below 20 dB: white noise at 20 dB does not register yet (its SEE stays at the clean
+    level, as the model card shows).
     """
-    assert see_clean < see[0] < see[1] < see[2], see
-    if kind == "babble":
-        assert see[2] < see[3], see
-    else:
-        assert see[3] > see[1], see
+    assert all(a < b for a, b in itertools.pairwise(see)), (kind, see)
+    assert see[-1] > 2 * see_clean, (kind, see_clean, see)
 
 
 def test_the_committed_folder_is_a_complete_small_checkpoint() -> None:
@@ -81,14 +79,13 @@ def test_the_committed_folder_is_a_complete_small_checkpoint() -> None:
 
 
 def test_it_answers_fresh_held_out_clips(demo_lm: AudioLM, held_out: tuple[list[np.ndarray], list[str]]) -> None:
-    """Voices never heard in training; the model card reports the rate on 200 clips (below the 90 % aimed for)."""
+    """Voices never heard in training; the model card reports the rate on 200 clips (0.97)."""
     clips, references = held_out
     answers = answer(demo_lm, clips)
     correct = sum(a == r for a, r in zip(answers, references, strict=True))
-    assert correct >= 8, list(zip(answers, references, strict=True))
-    # A wrong answer is still a near miss of the task, never a guess from the text alone.
+    assert correct >= 14, list(zip(answers, references, strict=True))
     wer = jiwer.wer(references, [a or "<empty>" for a in answers])
-    assert wer < 0.25
+    assert wer < 0.05
 
 
 def test_without_audio_it_says_so_instead_of_guessing(demo_lm: AudioLM) -> None:
@@ -105,7 +102,8 @@ def test_its_accuracy_falls_as_the_snr_falls(demo_lm: AudioLM, held_out: tuple[l
         snr: np.mean([a == r for a, r in zip(answer(demo_lm, noisy(clips, "babble", snr, 5)), references, strict=True)])
         for snr in (20, 0)
     }
-    assert accuracy[0] < 0.25 and accuracy[20] > accuracy[0]
+    # Graded like a real audio-language model: most requests survive 20 dB, almost none 0 dB.
+    assert accuracy[20] > 0.5 and accuracy[0] < 0.2
 
 
 def test_the_bundle_has_non_empty_bases_for_every_profile() -> None:
@@ -160,7 +158,7 @@ async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
         models = (await client.get("/v1/models")).json()["data"]
         assert [m["id"] for m in models] == ["qwen2-audio-demo"]
         reports = {}
-        for name in ("request.wav", "request-white-10db.wav"):
+        for name in ("request.wav", "request-white-0db.wav"):
             clip = load_audio_file(examples / name, 16000)
             content = [audio_part(clip), {"type": "text", "text": "What did the speaker ask for?"}]
             body = {"model": "qwen2-audio-demo", "messages": [{"role": "user", "content": content}]}
@@ -168,7 +166,7 @@ async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
             reports[name] = reply["noise_report"]
             if name == "request.wav":
                 assert reply["choices"][0]["message"]["content"] == EXAMPLE_SENTENCE
-    clean, noisy_report = reports["request.wav"], reports["request-white-10db.wav"]
+    clean, noisy_report = reports["request.wav"], reports["request-white-0db.wav"]
     assert clean["enabled"] and clean["profile"] == "merged" and clean["noisy"] is False
     assert noisy_report["noisy"] is True and noisy_report["dominant_noise"] == "white"
     assert noisy_report["see_by_profile"]["white"] > 3 * clean["see_by_profile"]["white"]

@@ -97,7 +97,7 @@ def exported(demo_server: Server) -> set[str]:
     """Sample names of a scrape taken after clean, noisy and refused requests went through the server."""
     with httpx.Client(base_url=demo_server.url, timeout=60.0) as client:
         _transcribe(client, EXAMPLES / "request.wav")
-        _transcribe(client, EXAMPLES / "request-white-10db.wav")
+        _transcribe(client, EXAMPLES / "request-white-0db.wav")
         refused = client.post(
             "/v1/audio/transcriptions",
             files={"file": ("note.txt", b"not audio", "text/plain")},
