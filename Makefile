@@ -32,7 +32,8 @@ k8s-rules:
 bench:
 	$(PYTHON) -m benchmarks.encoder_overhead
 
-# The embedded demo model (docs: demo/assets/qwen2-audio-demo/README.md). About 25 minutes on 2 CPU cores.
+# The embedded demo model (docs: demo/assets/qwen2-audio-demo/README.md). Training takes about 22 minutes on
+# 2 CPU cores, the bundle and the model card about 5 more.
 DEMO_MODEL := demo/assets/qwen2-audio-demo
 DEMO_BUNDLE := demo/assets/qwen2-audio-demo-bundle
 DEMO_CLIPS := build/demo-calibration
