@@ -118,7 +118,7 @@ class ServiceMetrics:
         )  # fmt: skip
         self.calibrated_see = Gauge(
             "calibrated_see_ratio", "Quantiles of clip SEE on the bundle's calibration clips, clean speech and noise.",
-            [*model, "profile", "condition", "quantile"], namespace=ns, registry=r,
+            [*model, "profile", "condition", "percentile"], namespace=ns, registry=r,
         )  # fmt: skip
         self.noisy_threshold = Gauge(
             "noisy_threshold_ratio", "SEE above which a request counts as noisy, per profile.",
@@ -139,8 +139,8 @@ class ServiceMetrics:
             if threshold is not None:  # None: imported bases without statistics, nothing is flagged
                 self.noisy_threshold.labels(self.model_name, name).set(threshold)
             for condition, stats in (("clean", profile.see_clean), ("noise", profile.see_noise)):
-                for quantile, value in (stats.quantiles if stats is not None else {}).items():
-                    self.calibrated_see.labels(self.model_name, name, condition, quantile).set(value)
+                for percentile, value in (stats.quantiles if stats is not None else {}).items():
+                    self.calibrated_see.labels(self.model_name, name, condition, percentile).set(value)
 
     def track_readiness(self, is_ready: Callable[[], bool]) -> None:
         self.ready.labels(self.model_name).set_function(lambda: float(is_ready()))

@@ -134,7 +134,7 @@ def test_calibrated_ranges_and_readiness_are_exported(demo_server: Server) -> No
     clean_p99 = {
         s.labels["profile"]: s.value
         for s in families["seen_calibrated_see_ratio"].samples
-        if s.labels["condition"] == "clean" and s.labels["quantile"] == "p99"
+        if s.labels["condition"] == "clean" and s.labels["percentile"] == "p99"
     }
     thresholds = {s.labels["profile"]: s.value for s in families["seen_noisy_threshold_ratio"].samples}
     assert set(clean_p99) == set(thresholds) and "merged" in clean_p99

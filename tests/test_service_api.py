@@ -244,6 +244,6 @@ async def test_readiness_queue_capacity_and_calibrated_ranges_are_exported(paths
         assert profile.see_clean is not None and profile.see_noise is not None
         for condition, stats in (("clean", profile.see_clean), ("noise", profile.see_noise)):
             for quantile, value in stats.quantiles.items():
-                labels = {"profile": name, "condition": condition, "quantile": quantile}
+                labels = {"profile": name, "condition": condition, "percentile": quantile}
                 assert metric_value(scrape, "seen_calibrated_see_ratio", **labels) == pytest.approx(value)
         assert metric_value(scrape, "seen_noisy_threshold_ratio", profile=name) == pytest.approx(thresholds[name])
