@@ -9,8 +9,8 @@ CTC loss on the audio encoder (:mod:`demo.ctc`, dropped from the saved checkpoin
    high SNR while every SNR below 30 dB and every other noise type (babble, engine, wind) stay unseen,
    so it degrades under noise the way real audio-language models do.
 
-The default recipe takes about 27 minutes on 2 CPU cores (synthesis and both stages; the held-out
-report adds about a minute) and writes the checkpoint, its processor and ``training.json`` (recipe,
+The default recipe takes about 22 minutes on 2 CPU cores (synthesis and both stages; the held-out
+report adds under a minute) and writes the checkpoint, its processor and ``training.json`` (recipe,
 timing, held-out accuracy).
 """
 
