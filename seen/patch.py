@@ -65,6 +65,7 @@ class _ForwardState:
     see: torch.Tensor  # (clips, layers, profiles) on the device
     residual: torch.Tensor  # (clips, layers) on the device
     stop_after_last: bool
+    edited_profiles: tuple[int, int] | None  # first and last profile any clip is edited with; None: no edit
 
 
 class SeeReadout:
@@ -93,7 +94,11 @@ class SeenPatch:
         reference = next(model.parameters())
         self._bases: list[torch.Tensor] = []
         self._membership: list[torch.Tensor] = []
+        # Column offsets of each profile in a layer's stacked basis: profile p owns [offsets[p], offsets[p + 1]).
+        self._offsets: list[list[int]] = []
         for layer in range(len(self.paths)):
+            widths = [int(bases[name][layer].shape[1]) for name in self.profiles]
+            self._offsets.append([sum(widths[:p]) for p in range(len(widths) + 1)])
             stacked = torch.cat([bases[name][layer] for name in self.profiles], dim=1)
             owner = torch.cat(
                 [torch.full((bases[name][layer].shape[1],), p) for p, name in enumerate(self.profiles)]
@@ -125,7 +130,7 @@ class SeenPatch:
         return self._bases[0].device
 
     def _hook(self, index: int) -> Hook:
-        basis, owner = self._bases[index], self._membership[index]
+        basis, owner, offsets = self._bases[index], self._membership[index], self._offsets[index]
         onehot = torch.nn.functional.one_hot(owner, len(self.profiles)).float()  # (K, profiles)
         is_last = index == len(self._bases) - 1
 
@@ -144,11 +149,17 @@ class SeenPatch:
             state.residual[:, index] = pool_by_clip(residual_frame_see(applied, state.frame_strength), state.layout)
             if state.stop_after_last and is_last:
                 raise ForwardStopped
-            if basis.shape[1] == 0:
+            if state.edited_profiles is None:
                 return None
-            # Each frame is neutralized along its own clip's profile only.
-            column_strength = state.frame_strength[:, None] * (owner[None, :] == state.frame_profile[:, None])
-            return rebuild(neutralize(flat, projection, basis, column_strength).reshape(acts.shape))
+            # Only the columns of the profiles some clip is edited with (one profile, usually) are
+            # rebuilt; within them each frame is neutralized along its own clip's profile only.
+            first, last = state.edited_profiles
+            columns = slice(offsets[first], offsets[last + 1])
+            if columns.start == columns.stop:
+                return None
+            column_strength = state.frame_strength[:, None] * (owner[None, columns] == state.frame_profile[:, None])
+            edited = neutralize(flat, projection[:, columns], basis[:, columns], column_strength)
+            return rebuild(edited.reshape(acts.shape))
 
         return apply
 
@@ -167,13 +178,14 @@ class SeenPatch:
         the index into :attr:`profiles` of the basis it is neutralized with (default: the first).
         With ``stop_after_last`` the forward ends after the last critical layer (score only).
         """
-        layout = layout.to(self.device)
-        strength = strength.to(self.device, torch.float32)
         if profile is None:
             profile = torch.zeros(layout.n_clips, dtype=torch.long)
-        profile = profile.to(self.device, torch.long)
         if strength.shape != (layout.n_clips,) or profile.shape != (layout.n_clips,):
             raise ValueError(f"strength and profile need one value per clip ({layout.n_clips})")
+        edited_profiles = self._edited_profiles(strength, profile)
+        layout = layout.to(self.device)
+        strength = strength.to(self.device, torch.float32)
+        profile = profile.to(self.device, torch.long)
         clip = layout.frame_clip.clamp_min(0)
         valid = (layout.frame_clip >= 0).float()
         state = _ForwardState(
@@ -183,6 +195,7 @@ class SeenPatch:
             see=torch.zeros(layout.n_clips, len(self.paths), len(self.profiles), device=self.device),
             residual=torch.zeros(layout.n_clips, len(self.paths), device=self.device),
             stop_after_last=stop_after_last,
+            edited_profiles=edited_profiles,
         )
         with self._lock, ExitStack() as stack:
             if not self._installed:
@@ -194,6 +207,20 @@ class SeenPatch:
                 pass
             finally:
                 self._state = None
+
+    def _edited_profiles(self, strength: torch.Tensor, profile: torch.Tensor) -> tuple[int, int] | None:
+        """First and last profile any clip is edited with, or None when every lambda is 0.
+
+        Read on the host once per forward, before it runs (callers build these controls on the host),
+        so that the hooks rebuild only the columns in use and never need to look at them.
+        """
+        strength, profile = strength.cpu(), profile.cpu()
+        if profile.numel() and (int(profile.min()) < 0 or int(profile.max()) >= len(self.profiles)):
+            raise ValueError(f"profile indices must lie in [0, {len(self.profiles) - 1}], got {profile.tolist()}")
+        used = profile[strength != 0]
+        if used.numel() == 0:
+            return None
+        return int(used.min()), int(used.max())
 
     @contextmanager
     def score(self, layout: FrameLayout) -> Iterator[SeeReadout]:

@@ -87,8 +87,12 @@ def residual_frame_see(see: torch.Tensor, strength: torch.Tensor) -> torch.Tenso
 def neutralize(
     acts: torch.Tensor, projection: torch.Tensor, basis: torch.Tensor, strength: torch.Tensor
 ) -> torch.Tensor:
-    """SEEN: ``A - lambda Z Q^T``; ``strength`` is lambda per frame (N, 1) or per frame and column (N, k)."""
-    return acts - (projection * strength.to(acts.dtype)) @ basis.T
+    """SEEN: ``A - lambda Z Q^T``; ``strength`` is lambda per frame (N, 1) or per frame and column (N, k).
+
+    One fused ``addmm``: the (N, D) reconstruction is never materialised, so the edit costs one pass
+    over the activations instead of three.
+    """
+    return torch.addmm(acts, projection * strength.to(acts.dtype), basis.T, alpha=-1)
 
 
 def pool_by_clip(values: torch.Tensor, layout: FrameLayout) -> torch.Tensor:

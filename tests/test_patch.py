@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -98,6 +100,53 @@ def test_per_clip_strength_and_profile_in_one_batch() -> None:
     # lambda = 1 empties each layer's own profile, lambda = 0 leaves the input SEE in place.
     assert report.residual_per_layer[1:].max() < 1e-6
     assert torch.allclose(report.residual_per_layer[0], report.per_layer[0, :, 0])
+
+
+def test_each_clip_is_edited_with_its_own_profile_columns_only() -> None:
+    # Three profiles of different widths (one empty at a layer); the clips use profiles 2 and 0 with
+    # profile 1 between them unedited, so the rebuilt column span holds columns no clip may touch.
+    generator = torch.Generator().manual_seed(3)
+    widths = {"white": [2, 3], "pink": [4, 0], "babble": [1, 2]}
+    bases = {
+        name: [torch.linalg.qr(torch.randn(16, k, generator=generator))[0] for k in layer_widths]
+        for name, layer_widths in widths.items()
+    }
+    controls = [(1.0, 2), (0.0, 1), (0.5, 0), (1.0, 1)]
+    model, x = Toy(), torch.randn(len(controls), 4, 8)
+
+    def reference(clip: int) -> torch.Tensor:
+        strength, profile = controls[clip]
+        name = list(bases)[profile]
+
+        def edit(index: int) -> Callable[[nn.Module, object, torch.Tensor], torch.Tensor]:
+            basis = bases[name][index]
+            return lambda _m, _i, acts: acts - strength * (acts @ basis) @ basis.T
+
+        handles = [model.get_submodule(path).register_forward_hook(edit(i)) for i, path in enumerate(PATHS)]
+        try:
+            return model(x[clip : clip + 1])[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    patch = SeenPatch(model, PATHS, bases)
+    strength = torch.tensor([c[0] for c in controls])
+    profile = torch.tensor([c[1] for c in controls])
+    with patch.scope(FrameLayout.padded(torch.full((len(controls),), 4), 4), strength, profile):
+        batched = model(x)
+    for clip in range(len(controls)):
+        assert torch.allclose(batched[clip], reference(clip), atol=1e-6), controls[clip]
+    assert torch.equal(batched[1], model(x[1:2])[0])  # lambda 0: untouched, bit for bit
+
+
+def test_profile_index_out_of_range_is_refused_before_the_forward() -> None:
+    patch = SeenPatch(Toy(), PATHS, _bases())
+    layout = FrameLayout.padded(torch.tensor([4, 4]), 4)
+    with (
+        pytest.raises(ValueError, match=r"profile indices must lie in \[0, 1\]"),
+        patch.scope(layout, torch.zeros(2), torch.tensor([0, 2])),
+    ):
+        pass
 
 
 def test_lambda_one_drives_the_measured_layer_see_to_zero() -> None:
