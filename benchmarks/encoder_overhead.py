@@ -8,11 +8,13 @@ Why this is built the way it is:
 * What is timed is what a served request pays: building the frame layout, entering the scope, the
   forward with the hooks, and ``readout.report()``, the one host sync after the forward. Installing
   the hooks is not timed: a server installs them once for its lifetime.
-* The variants are measured interleaved in one process, in rounds that run each variant once (order
-  reversed every other round), after warm-up rounds. Forward time drifts (other load on a shared
-  machine, clocks, allocator state) by more than the few percent to resolve; interleaving makes the
-  drift hit every variant alike so it cancels in the ratios. The per-round ("paired") ratio is printed
-  too, as the estimate least sensitive to drift.
+* The variants are measured interleaved in one process, in rounds that run each variant once, after
+  warm-up rounds. Forward time drifts (other load on a shared machine, clocks, allocator state) by
+  more than the few percent to resolve; interleaving makes the drift hit every variant alike so it
+  cancels in the ratios. The per-round ("paired") ratio is the estimate least sensitive to drift.
+  The order within a round cycles through every permutation, so each variant holds each position
+  equally often over a cycle (6 rounds for 3 variants): with the order only reversed every other
+  round the middle variant was always in the middle, and a position effect read as a difference.
 * On a shared machine a forward can still swing by more than the overhead from one forward to the
   next. So on CPU the patch's hook bodies are also timed inside the same forwards (a hook registered
   before and one after each SEEN hook; microseconds in all): their share of the rest of the forward
@@ -21,13 +23,17 @@ Why this is built the way it is:
   share is not measured there.
 
 Run as ``python -m benchmarks.encoder_overhead [--device cpu|cuda] [--dtype float32|bfloat16] ...``.
-On CPU the number of timed rounds defaults to what fits in ``--budget-s`` after warm-up (at least 3).
+On CPU the number of timed rounds defaults to the whole permutation cycles that fit in ``--budget-s``
+after warm-up (at least one). The verdict rests on the paired ratio's bootstrap 95 % interval: PASS
+when all of it is within the target, FAIL when all of it is above, UNRESOLVED when the run is too
+noisy to tell.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -169,10 +175,12 @@ def check_report(report: SeeReport | None, label: str, clips: int, layers: int, 
         raise RuntimeError(f"{label}: hooks did not score every layer (SEE {report.per_layer.tolist()})")
 
 
-def run_round(variants: Sequence[Variant], device: torch.device, reverse: bool, record: bool) -> list[SeeReport | None]:
-    """Run every variant once (in reverse order if asked); reports come back in ``variants`` order."""
+def run_round(
+    variants: Sequence[Variant], device: torch.device, order: Sequence[int], record: bool
+) -> list[SeeReport | None]:
+    """Run every variant once, in ``order``; reports come back in ``variants`` order."""
     reports: dict[int, SeeReport | None] = {}
-    for index in reversed(range(len(variants))) if reverse else range(len(variants)):
+    for index in order:
         seconds, hook_seconds, reports[index] = timed(variants[index], device)
         if record:
             variants[index].times.append(seconds)
@@ -180,23 +188,42 @@ def run_round(variants: Sequence[Variant], device: torch.device, reverse: bool, 
     return [reports[index] for index in range(len(variants))]
 
 
+def paired_interval(ratios: np.ndarray, seed: int = 0, resamples: int = 10_000) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the median per-round ratio (rounds resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(resamples, ratios.size), replace=True), axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def verdict(low: float, high: float) -> str:
+    if high <= TARGET_RATIO:
+        return "PASS"
+    return "FAIL" if low > TARGET_RATIO else "UNRESOLVED"
+
+
 def print_table(variants: Sequence[Variant]) -> None:
     baseline = np.asarray(variants[0].times)
-    print(f"{'variant':<34}{'median ms':>11}{'p10 ms':>11}{'p90 ms':>11}{'ratio':>8}{'paired':>8}")
+    header = f"{'variant':<34}{'median ms':>11}{'p10 ms':>11}{'p90 ms':>11}{'ratio':>8}{'paired':>8}  95% interval"
+    print(header)
+    verdicts = []
     for variant in variants:
         times = np.asarray(variant.times)
         p10, median, p90 = np.percentile(times * 1e3, [10, 50, 90])
         ratio = float(np.median(times) / np.median(baseline))
         paired = float(np.median(times / baseline))
-        print(f"{variant.label:<34}{median:>11.1f}{p10:>11.1f}{p90:>11.1f}{ratio:>8.4f}{paired:>8.4f}")
-    print("ratio = median(variant) / median(a); paired = median over rounds of variant / (a) of the same round")
+        low, high = paired_interval(times / baseline)
+        figures = f"{median:>11.1f}{p10:>11.1f}{p90:>11.1f}{ratio:>8.4f}{paired:>8.4f}"
+        print(f"{variant.label:<34}{figures}  {low:.4f}-{high:.4f}")
+        if variant is not variants[0]:
+            verdicts.append(f"{variant.label.split()[0]} {paired:.4f} [{low:.4f}, {high:.4f}] {verdict(low, high)}")
+    print(
+        "ratio = median(variant) / median(a); paired = median over rounds of variant / (a) of the same round, "
+        "with its bootstrap 95% interval"
+    )
     rounds = zip(*(variant.times for variant in variants), strict=True)
     print("per round (ms, a/b/c): " + "  ".join("/".join(f"{t * 1e3:.0f}" for t in times) for times in rounds))
-    verdicts = []
-    for variant in variants[1:]:
-        ratio = float(np.median(variant.times) / np.median(baseline))
-        verdicts.append(f"{variant.label.split()[0]} {ratio:.4f} {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
-    print(f"target: ratio <= {TARGET_RATIO:.2f} -> " + ", ".join(verdicts))
+    print(f"target: paired ratio <= {TARGET_RATIO:.2f} -> " + ", ".join(verdicts))
     timed_hooks = [variant for variant in variants if variant.hook_timer is not None]
     if timed_hooks:
         print("in-hook time, measured inside the same forwards (immune to drift between forwards):")
@@ -213,7 +240,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 50 on cuda, auto on cpu)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds, best a multiple of 6 (default: 60 on cuda; on cpu what fits in --budget-s)",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default: 5 on cuda, 1 on cpu)")
     parser.add_argument("--budget-s", type=float, default=210.0, help="cpu: seconds of timed rounds to aim for")
     parser.add_argument("--layers", type=int, default=32)
@@ -221,6 +253,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="basis columns per profile and layer")
     parser.add_argument("--batch", type=int, default=1, help="30 s clips per forward")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     args = parser.parse_args(argv)
     if not 0 < args.hooked <= args.layers:
         parser.error("--hooked must be between 1 and --layers")
@@ -232,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
 
     with torch.inference_mode():
@@ -273,10 +308,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
 
+        orders = list(itertools.permutations(range(len(variants))))
         warmup = max(1, args.warmup if args.warmup is not None else (5 if device.type == "cuda" else 1))
         for index in range(warmup):
             start = time.perf_counter()
-            reports = run_round(variants, device, reverse=index % 2 == 1, record=False)
+            reports = run_round(variants, device, orders[index % len(orders)], record=False)
             round_s = time.perf_counter() - start
         for variant, report in zip(variants[1:], reports[1:], strict=True):
             assert variant.patch is not None
@@ -284,14 +320,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         repeats = args.repeats
         if repeats is None:
-            repeats = 50 if device.type == "cuda" else max(3, int(args.budget_s // round_s))
+            fitting = max(len(orders), int(args.budget_s // round_s))
+            repeats = 60 if device.type == "cuda" else fitting - fitting % len(orders)
         print(
-            f"rounds: {warmup} warm-up + {repeats} timed, each round runs (a), (b), (c) once, order "
-            f"reversed every other round; last warm-up round {round_s:.1f}s",
+            f"rounds: {warmup} warm-up + {repeats} timed, each round runs (a), (b), (c) once, the order "
+            f"cycling through all {len(orders)} permutations; last warm-up round {round_s:.1f}s",
             flush=True,
         )
         for index in range(repeats):
-            run_round(variants, device, reverse=index % 2 == 1, record=True)
+            run_round(variants, device, orders[index % len(orders)], record=True)
 
     print()
     print_table(variants)
