@@ -8,7 +8,9 @@ the forward, by :meth:`SeeReadout.report`.
 
 The bases of all noise profiles are concatenated per layer, so one matmul projects every frame
 onto every profile: SEE is reported for each profile (the dominant noise type is the profile
-with the highest SEE) while each clip is neutralized with its own profile and lambda.
+with the highest SEE) while each clip is neutralized with its own profile and lambda. The edit
+rebuilds only the columns of the profiles some clip in the batch uses (read from the host controls
+before the forward), so scoring seven profiles costs one wider projection, not seven edits.
 
 SEE at a layer is measured on the activations entering that layer's edit. With lambda = 0
 everywhere (or :meth:`SeenPatch.score`) that is the paper's SEE of the raw input; with SEEN on,
