@@ -20,6 +20,7 @@ paper's SEE of SEEN-on requests is needed exactly.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -100,11 +101,9 @@ class SeenPatch:
         self._offsets: list[list[int]] = []
         for layer in range(len(self.paths)):
             widths = [int(bases[name][layer].shape[1]) for name in self.profiles]
-            self._offsets.append([sum(widths[:p]) for p in range(len(widths) + 1)])
+            self._offsets.append([0, *itertools.accumulate(widths)])
             stacked = torch.cat([bases[name][layer] for name in self.profiles], dim=1)
-            owner = torch.cat(
-                [torch.full((bases[name][layer].shape[1],), p) for p, name in enumerate(self.profiles)]
-            ).long()
+            owner = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths, dtype=torch.long))
             self._bases.append(stacked.to(device=reference.device, dtype=reference.dtype))
             self._membership.append(owner.to(reference.device))
         self._state: _ForwardState | None = None
