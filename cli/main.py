@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import calibrate, evaluate, noise, score, serve
+from cli import calibrate, convert, evaluate, noise, score, serve
 from seen import __version__
 
-COMMANDS = (calibrate, score, noise, serve, evaluate)
+COMMANDS = (convert, calibrate, score, noise, serve, evaluate)
 EXPECTED_ERRORS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError)
 
 

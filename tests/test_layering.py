@@ -1,5 +1,7 @@
 """Imports point one way: cli -> (calibration, service, demo, evaluation) -> seen, never back.
 
+conversion (checkpoint formats) stands alone: it imports nothing of the project.
+
 demo may use calibration; evaluation may use the service's engine (not its HTTP side).
 
 The one exception: the service reads where the embedded demo checkpoint lives from the ``demo`` package
@@ -15,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "seen": {"calibration", "service", "cli", "tests", "demo"},
+    "seen": {"calibration", "conversion", "service", "cli", "tests", "demo"},
+    "conversion": {"seen", "calibration", "service", "cli", "tests", "demo", "evaluation"},
     "calibration": {"service", "cli", "tests", "demo"},
     "service": {"calibration", "cli", "tests"},
     "demo": {"service", "cli", "tests"},

@@ -1,0 +1,1 @@
+"""Offline conversion of model checkpoints from other inference formats into transformers folders."""
