@@ -33,7 +33,7 @@ from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics, see_buckets
 from service.middleware import BodyLimit, RequestMetrics
 from service.routers import audio, chat, health, models, see
-from service.serving import ServiceState
+from service.serving import ModelCapabilities, ServiceState
 
 logger = logging.getLogger(__name__)
 ROUTERS = (chat.router, audio.router, see.router, models.router, health.router)
@@ -75,11 +75,13 @@ async def load_model(state: ServiceState) -> None:
         max_queue_size=settings.max_queue_size,
     )
     engine.start()
+    state.capabilities = ModelCapabilities(answers_chat=lm.answers_chat, check_task=lm.check_task)
     state.limits = AudioLimits(
         sample_rate=lm.sample_rate,
         max_seconds=settings.max_audio_seconds,
         window_seconds=lm.max_clip_seconds,
-        chunk_long_audio=settings.chunk_long_audio,
+        # A speech recognizer decodes one window per request: longer audio is refused, not cut into windows.
+        chunk_long_audio=settings.chunk_long_audio and lm.answers_chat,
         max_bytes=settings.max_audio_bytes,
         url_allowlist=tuple(settings.audio_url_allowlist),
     )

@@ -158,7 +158,7 @@ class Transcription(BaseModel):
 
 
 class VerboseTranscription(Transcription):
-    task: Literal["transcribe"] = "transcribe"
+    task: Literal["transcribe", "translate"] = "transcribe"
     language: str
     duration: float
     segments: list[dict[str, Any]] = Field(default_factory=list)

@@ -9,12 +9,13 @@ can fail.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
 
+from seen.adapters import SpeechTask
 from seen.bundle import NoiseBundle
 from service.config import Settings
 from service.engine.engine import Engine, EngineStopped, QueueFull
@@ -28,6 +29,15 @@ from service.protocol import SeenOptions
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ModelCapabilities:
+    """What the loaded model can be asked, fixed at load time, so that routers refuse the rest before queueing."""
+
+    answers_chat: bool
+    check_task: Callable[[SpeechTask], None]
+    """Raises ValueError for a transcription or translation the model cannot do (the language, the task)."""
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -36,6 +46,7 @@ class ServiceState:
     metrics: ServiceMetrics
     engine: Engine | None = None
     limits: AudioLimits | None = None
+    capabilities: ModelCapabilities | None = None
     ready: bool = False
     load_error: str | None = None
     created: int = 0
@@ -59,6 +70,27 @@ class ServiceState:
         if not self.ready or self.engine is None or self.limits is None:
             raise self.unavailable()
         return self.engine, self.limits
+
+    def check_chat(self) -> None:
+        """Speech recognizers transcribe whatever is asked: a chat request gets a 400 that says where to go."""
+        if self.capabilities is not None and not self.capabilities.answers_chat:
+            raise ApiError(
+                400,
+                f"model {self.model_name!r} is a speech recognizer: it transcribes audio and cannot answer chat "
+                "messages; use POST /v1/audio/transcriptions (or /v1/audio/translations), or POST /v1/see for "
+                "the noise report alone",
+                code="chat_not_supported",
+                param="model",
+            )
+
+    def check_task(self, task: SpeechTask) -> None:
+        if self.capabilities is None:
+            return
+        try:
+            self.capabilities.check_task(task)
+        except ValueError as error:
+            param = "language" if task.language and "language" in str(error) else "model"
+            raise ApiError(400, str(error), code="unsupported_task", param=param) from error
 
     def check_model(self, requested: str) -> None:
         if requested != self.model_name:

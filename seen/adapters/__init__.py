@@ -9,16 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForMultimodalLM, AutoProcessor, AutoTokenizer
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, AutoTokenizer
 
-from seen.adapters.base import AudioLM, Clip, Message, ModelBatch
+from seen.adapters.base import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.adapters.qwen2_5_omni import Qwen25OmniThinker
 from seen.adapters.qwen2_audio import Qwen2Audio
 from seen.adapters.voxtral import Voxtral
+from seen.adapters.whisper import Whisper
 
-ADAPTERS: dict[str, type[AudioLM]] = {cls.architecture: cls for cls in (Qwen2Audio, Qwen25OmniThinker, Voxtral)}
+ADAPTERS: dict[str, type[AudioLM]] = {
+    cls.architecture: cls for cls in (Qwen2Audio, Qwen25OmniThinker, Voxtral, Whisper)
+}
 
-__all__ = ["ADAPTERS", "AudioLM", "Clip", "Message", "ModelBatch", "load_audio_lm"]
+__all__ = ["ADAPTERS", "AudioLM", "Clip", "Message", "ModelBatch", "SpeechTask", "load_audio_lm"]
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
@@ -42,7 +45,7 @@ def load_audio_lm(source: str, *, device: str | torch.device = "cpu", dtype: str
         raise ValueError(
             f"model {source!r} is a {architecture or 'model of unknown architecture'}; supported: {sorted(ADAPTERS)}"
         )
-    model = AutoModelForMultimodalLM.from_pretrained(source, dtype=_resolve_dtype(dtype))
+    model = adapter.auto_model.from_pretrained(source, dtype=_resolve_dtype(dtype))
     model.to(device).eval()
     processor: Any = None
     try:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
+from transformers import AutoModelForMultimodalLM
 
 from seen.bundle import ModelIdentity
 from seen.hooks import SiteKind
@@ -25,6 +26,15 @@ Clip = NDArray[np.float32]
 Message = Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class SpeechTask:
+    """What a speech recognizer is asked to do with a clip; audio LMs take the instruction as text instead."""
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None
+    """ISO 639-1 code; None lets a multilingual model detect it."""
+
+
 @dataclass
 class ModelBatch:
     """Model inputs for a batch, with the frame layout of every hook site kind."""
@@ -32,6 +42,7 @@ class ModelBatch:
     inputs: dict[str, torch.Tensor]
     encoder_layout: FrameLayout
     decoder_layout: FrameLayout | None = None
+    speech: SpeechTask | None = None
 
     def layout(self, site: SiteKind) -> FrameLayout:
         if site is SiteKind.ENCODER_FFN:
@@ -46,13 +57,17 @@ class ModelBatch:
             key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
             for key, value in self.inputs.items()
         }
-        return ModelBatch(moved, self.encoder_layout, self.decoder_layout)
+        return ModelBatch(moved, self.encoder_layout, self.decoder_layout, self.speech)
 
 
 class AudioLM:
     """A loaded audio-language model, its preprocessing, and the architecture's specifics."""
 
     architecture: ClassVar[str]
+    auto_model: ClassVar[Any] = AutoModelForMultimodalLM
+    """The transformers auto class that loads this architecture."""
+    answers_chat: ClassVar[bool] = True
+    """False for speech recognizers, which transcribe whatever the question (the service refuses chat for them)."""
     encoder_layers_path: ClassVar[str] = "model.audio_tower.layers"
     decoder_layers_path: ClassVar[str] = "model.language_model.layers"
 
@@ -173,16 +188,32 @@ class AudioLM:
     def audio_token_id(self) -> int:
         return int(self.model.config.audio_token_id)
 
-    def chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+    def chat_batch(
+        self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
+    ) -> ModelBatch:
         """Prompts with the model's own chat template; audio parts are ``{"type": "audio"}``.
 
-        ``clips`` are the conversations' audio parts in order, across the batch.
+        ``clips`` are the conversations' audio parts in order, across the batch. ``speech`` is read by
+        speech recognizers only (an audio LM's instruction is in the conversation's text).
         """
         self.check_clips(clips)
-        return self._chat_batch(conversations, clips)
+        return self._chat_batch(conversations, clips, speech)
 
-    def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+    def _chat_batch(
+        self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
+    ) -> ModelBatch:
         raise NotImplementedError
+
+    def check_task(self, task: SpeechTask) -> None:
+        """Refuse a speech task the model cannot do (audio LMs follow their text instruction: nothing to check)."""
+
+    def prompt_length(self, batch: ModelBatch) -> int:
+        """Tokens before the first generated one, in the ids generation's stopping criteria see."""
+        return int(batch.inputs["input_ids"].shape[1])
+
+    def prompt_tokens(self, batch: ModelBatch) -> list[int]:
+        """Prompt tokens per row, for usage accounting."""
+        return [int(count) for count in batch.inputs["attention_mask"].sum(dim=1).tolist()]
 
     def decoder_layout(self, input_ids: torch.Tensor) -> FrameLayout:
         """Audio-token positions of a prompt, by clip: each run of audio tokens is one clip, in order."""

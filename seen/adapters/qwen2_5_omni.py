@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from seen.adapters.base import AudioLM, Clip, Message, ModelBatch
+from seen.adapters.base import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.see import FrameLayout
 
 
@@ -32,7 +32,9 @@ class Qwen25OmniThinker(AudioLM):
             batch.inputs["input_features"], feature_attention_mask=batch.inputs["feature_attention_mask"]
         )
 
-    def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+    def _chat_batch(
+        self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
+    ) -> ModelBatch:
         audio_token = self.tokenizer.convert_ids_to_tokens(self.audio_token_id)
         features = self.window_features(clips) if clips else {}
         frames = _encoder_frames(features["feature_attention_mask"].sum(-1)) if clips else torch.zeros(0)

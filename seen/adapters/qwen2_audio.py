@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers.masking_utils import create_bidirectional_mask
 
-from seen.adapters.base import AudioLM, Clip, Message, ModelBatch
+from seen.adapters.base import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.see import FrameLayout
 
 
@@ -46,7 +46,9 @@ class Qwen2Audio(AudioLM):
         )
         tower(features, attention_mask=mask)
 
-    def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+    def _chat_batch(
+        self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
+    ) -> ModelBatch:
         prompts = [
             self.processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
             for messages in conversations

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from seen.adapters.base import AudioLM, Clip, Message, ModelBatch
+from seen.adapters.base import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.see import FrameLayout
 
 MEL_FRAMES_PER_TOKEN = 8
@@ -67,7 +67,9 @@ class Voxtral(AudioLM):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _chat_batch(self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip]) -> ModelBatch:
+    def _chat_batch(
+        self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
+    ) -> ModelBatch:
         """Mistral's instruct layout, as mistral-common writes it for Voxtral.
 
         ``<s>[INST][BEGIN_AUDIO][AUDIO]*n text[/INST]answer</s>[INST]...``, left-padded; a system

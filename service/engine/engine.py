@@ -42,7 +42,7 @@ class _Pending:
     @property
     def group_key(self) -> tuple[object, ...]:
         if isinstance(self.job, GenerateJob):
-            return ("generate", *self.job.sampling.batch_key)
+            return ("generate", self.job.speech, *self.job.sampling.batch_key)
         return ("score",)
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from seen.adapters import Clip, Message
+from seen.adapters import Clip, Message, SpeechTask
 from service.engine.report import Control, NoiseReport
 
 TokenSink = Callable[[list[int]], None]
@@ -44,6 +44,8 @@ class GenerateJob(ScoreJob):
 
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=16))
     sink: TokenSink | None = None
+    speech: SpeechTask | None = None
+    """The task for speech recognizers (transcription and translation routes); None for chat."""
 
 
 @dataclass(frozen=True)

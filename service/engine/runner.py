@@ -91,7 +91,8 @@ class ModelBackend:
 
     def _chat_batch(self, jobs: Sequence[ScoreJob], clips: Sequence[Clip]) -> ModelBatch:
         conversations: list[Sequence[Message]] = [job.conversation for job in jobs]
-        return self.lm.chat_batch(conversations, clips).to(self.lm.device, self.lm.dtype)
+        speech = jobs[0].speech if isinstance(jobs[0], GenerateJob) else None  # the engine batches equal tasks
+        return self.lm.chat_batch(conversations, clips, speech).to(self.lm.device, self.lm.dtype)
 
     def _score_pass(self, batch: ModelBatch) -> tuple[SeeReport, float]:
         """The paper's SEE: no edit, stopping after the last critical layer."""
@@ -148,7 +149,7 @@ class ModelBackend:
         clip_profile = torch.tensor([profiles[j] for j, job_rows in enumerate(rows) for _ in job_rows])
         clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
 
-        prompt_length = int(batch.inputs["input_ids"].shape[1])
+        prompt_length = self.lm.prompt_length(batch)
         limits = [job.sampling.max_tokens for job in jobs]
         kwargs = self._generation_kwargs(jobs, prompt_length, limits)
         if any(job.sink is not None for job in jobs):
@@ -165,7 +166,7 @@ class ModelBackend:
         inline = readout.report() if readout is not None else None
 
         outcomes = []
-        prompt_tokens = batch.inputs["attention_mask"].sum(dim=1).tolist()
+        prompt_tokens = self.lm.prompt_tokens(batch)
         for index, job in enumerate(jobs):
             text, finish, count = self._finish(tokens[index].tolist(), job.sampling.max_tokens, job.sampling.stop)
             noise = None

@@ -42,6 +42,7 @@ async def build_job(request: ChatCompletionRequest, state: ServiceState, endpoin
     """Check and decode a chat-shaped request into a generate job (shared with transcriptions)."""
     state.check_model(request.model)
     _, limits = state.serving()
+    state.check_chat()
     settings = state.settings
     control = state.control(request.seen)
     max_tokens = request.max_completion_tokens or request.max_tokens or settings.max_tokens_default
