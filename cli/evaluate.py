@@ -15,9 +15,10 @@ from tqdm import tqdm
 from cli.options import add_model_options, load_model
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
 from evaluation.analysis import analyze, rows_to_csv
-from evaluation.dataset import load_dataset, parse_noise
+from evaluation.dataset import DEFAULT_BABBLE_TALKERS, load_dataset, parse_noise
 from evaluation.runner import DEFAULT_METHODS, DEFAULT_SNRS_DB, Condition, Evaluator, ResultStore, parse_method, run_all
 from seen.bundle import NoiseBundle
+from seen.noise import NOISE_TYPES
 
 DEFAULT_NOISES = ("white", "pink", "babble")
 
@@ -42,8 +43,14 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--noise",
         action="append",
-        metavar="TYPE|NAME=DIR",
-        help=f"noise source, repeatable (default: {','.join(DEFAULT_NOISES)})",
+        metavar="TYPE|NAME=DIR|NAME=babble[:K]:DIR",
+        help=(
+            f"noise source, repeatable (default: {','.join(DEFAULT_NOISES)}): a synthetic TYPE "
+            f"({', '.join(NOISE_TYPES)}); NAME=DIR, a folder of noise recordings (clip i gets recording i); or "
+            f"NAME=babble:DIR / NAME=babble:K:DIR, babble of K (default {DEFAULT_BABBLE_TALKERS}) speech recordings "
+            "from DIR by speakers other than the clip's (speaker = file name up to the first '-', as in "
+            "LibriSpeech's SPEAKER-CHAPTER-UTTERANCE), each at equal level, chosen per clip by --seed"
+        ),
     )
     parser.add_argument("--snrs", type=_floats, default=list(DEFAULT_SNRS_DB), help="comma-separated SNRs in dB")
     parser.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS), help="comma-separated methods")
@@ -57,7 +64,7 @@ def register(commands: Any) -> None:
 
 def _check_extras(methods: list[str]) -> None:
     """The eval extra is optional (serving does not need it): say what is missing before any work starts."""
-    needed = ["matplotlib", "pystoi"]
+    needed = ["matplotlib", "pystoi", "speechmos", "onnxruntime"]  # STOI and DNSMOS are measured on every input
     needed += ["noisereduce"] if any(m.startswith("noisereduce") for m in methods) else []
     needed += ["pyrnnoise"] if "rnnoise" in methods else []
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset_fingerprint": dataset.fingerprint,
         "clips": len(dataset.items),
         "task": dataset.task,
-        "noises": [n.name if n.folder is None else f"{n.name}={n.folder}" for n in noises],
+        "noises": [n.spec for n in noises],
         "snrs_db": sorted(args.snrs),
         "methods": [m.name for m in methods],
         "profile": args.profile or bundle.default_profile,

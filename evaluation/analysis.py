@@ -3,8 +3,10 @@
 The runner writes one :class:`RequestRow` per (condition, clip); :func:`analyze` turns them into the paper's
 claims: SEE tracks success better than the raw-audio measures (correlations over condition means), SEE flags
 wrong answers (request-level ROC AUC), waveform denoisers barely move SEE while SEEN recovers success, and SEEN
-leaves clean audio alone. A method that was not run gives empty sections, never an error, and
-:meth:`Analysis.to_dict` is strict JSON (non-finite numbers become ``None``).
+leaves clean audio alone. Success is measured twice: against the ground truth, and (the paper's own measure)
+as agreement with the model's answer on the clean clip. A method that was not run, or a measure an older run
+did not record, gives empty sections, never an error, and :meth:`Analysis.to_dict` is strict JSON (non-finite
+numbers become ``None``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -27,8 +29,13 @@ NONE = "none"
 SEEN_PREFIX = "seen-"
 POOLED = "pooled"
 KINDS: tuple[Method, ...] = ("pearson", "spearman")
-MEASURES = ("see", "true_snr_db", "wada_snr_db", "stoi")
+MEASURES = ("see", "true_snr_db", "wada_snr_db", "dnsmos_bak", "dnsmos_ovrl", "stoi")
 """What is correlated with success: SEE (inside the model) and the raw-audio measures it is compared with."""
+REFERENCE_MEASURES = frozenset({"true_snr_db", "stoi"})
+"""Measures that need the clean clip, which a deployment never has (oracles, shown for scale)."""
+SUCCESS, AGREEMENT = "success", "agreement"
+TARGETS = (SUCCESS, AGREEMENT)
+"""What a measure should predict: success against the ground truth, and agreement with the clean answer."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,11 @@ class RequestRow:
     true_snr_db: float | None  # SNR of the model's input against the clean clip; None for clean
     wada_snr_db: float  # blind SNR estimate on the model's input
     stoi: float  # STOI of the model's input against the clean clip
+    # Added later, so with defaults: rows of older runs load with them None.
+    dnsmos_bak: float | None = None  # DNSMOS P.835 background score of the model's input (blind, higher = cleaner)
+    dnsmos_ovrl: float | None = None  # DNSMOS P.835 overall score of the model's input
+    answer: str | None = None  # the model's answer, kept so a resumed run can recover the clean answers
+    agreement: float | None = None  # success scored against this clip's clean "none" answer instead of the truth
 
 
 def is_seen(method: str) -> bool:
@@ -67,13 +79,22 @@ def snr_key(snr_db: float | None) -> float:
 
 
 _FIELDS = [f.name for f in fields(RequestRow)]
+_REQUIRED = {f.name for f in fields(RequestRow) if f.default is MISSING}
 _TEXT = {name for name, hint in get_type_hints(RequestRow).items() if hint is str}
 _OPTIONAL = {name for name, hint in get_type_hints(RequestRow).items() if type(None) in get_args(hint)}
+_JSON = {"answer"}
+"""Free text that may be empty: JSON-quoted in its cell, so an empty answer ("") differs from none (empty cell)."""
 
 
 def default_wrong_below(rows: Iterable[RequestRow]) -> float:
     """The success below which an answer counts as wrong: any miss for exact-match QA, WER above 50 % otherwise."""
     return 0.5 if any(r.wer is not None for r in rows) else 1.0
+
+
+def _text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False) if name in _JSON else str(value)
 
 
 def rows_to_csv(rows: Iterable[RequestRow], path: Path) -> None:
@@ -82,7 +103,7 @@ def rows_to_csv(rows: Iterable[RequestRow], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(_FIELDS)
         for row in rows:
-            writer.writerow(["" if (value := getattr(row, name)) is None else str(value) for name in _FIELDS])
+            writer.writerow([_text(name, getattr(row, name)) for name in _FIELDS])
 
 
 def _cell(name: str, text: str) -> Any:
@@ -90,17 +111,30 @@ def _cell(name: str, text: str) -> Any:
         return text
     if text == "" and name not in _OPTIONAL:
         raise ValueError(f"column {name!r} is empty but is required")
-    return None if text == "" else float(text)
+    if text == "":
+        return None
+    if name in _JSON:
+        value = json.loads(text)
+        if not isinstance(value, str):
+            raise ValueError(f"column {name!r} holds {text!r}, not a JSON string")
+        return value
+    return float(text)
 
 
 def rows_from_csv(path: Path) -> list[RequestRow]:
-    """Read rows written by :func:`rows_to_csv`; a missing column is a ValueError."""
+    """Read rows written by :func:`rows_to_csv`; a missing required column is a ValueError.
+
+    Columns added after the first release (DNSMOS, answer, agreement) may be missing: older runs load with
+    those fields ``None``.
+    """
     with Path(path).open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = set(_FIELDS) - set(reader.fieldnames or ())
+        present = set(reader.fieldnames or ())
+        missing = _REQUIRED - present
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        return [RequestRow(**{name: _cell(name, record[name]) for name in _FIELDS}) for record in reader]
+        names = [name for name in _FIELDS if name in present]
+        return [RequestRow(**{name: _cell(name, record[name]) for name in names}) for record in reader]
 
 
 @dataclass(frozen=True)
@@ -120,6 +154,9 @@ class ConditionStats:
     true_snr_db: float | None
     wada_snr_db: float
     stoi: float
+    dnsmos_bak: float | None  # None where the run did not record it
+    dnsmos_ovrl: float | None
+    agreement: float | None  # None where the run had no clean "none" answers
 
     @property
     def key(self) -> tuple[str, float | None, str]:
@@ -128,10 +165,11 @@ class ConditionStats:
 
 @dataclass(frozen=True)
 class CorrelationEntry:
-    """A measure against success over condition means; signed (SEE should be negative, SNRs and STOI positive)."""
+    """A measure against a target over condition means; signed (SEE should be negative, the others positive)."""
 
     scope: str  # a noise type, or "pooled"
     measure: str
+    target: str  # "success" (against the ground truth) or "agreement" (with the clean answer)
     kind: Method
     value: float
     low: float
@@ -144,7 +182,8 @@ class CorrelationEntry:
 class AucEntry:
     """How well a per-request score ranks wrong answers (positives) above right ones (negatives)."""
 
-    score: str  # "see", "-wada_snr_db" or "-true_snr_db"
+    score: str  # a key of AUC_SCORES: "see", "-wada_snr_db", "-dnsmos_bak", ...
+    target: str  # wrong by "success" (the ground truth) or by "agreement" (changed from the clean answer)
     value: float
     low: float
     high: float
@@ -234,7 +273,7 @@ def condition_stats(rows: Iterable[RequestRow]) -> list[ConditionStats]:
         groups.items(), key=lambda item: (item[0][0] == CLEAN, item[0][0], snr_key(item[0][1]), rank[item[0][2]])
     ):
         stats: dict[str, Any] = {}
-        for name in ("success", "wer", "see", "residual_see", "true_snr_db", "wada_snr_db", "stoi"):
+        for name in ("success", "wer", "see", "residual_see", *MEASURES[1:], AGREEMENT):
             stats[name], std = _mean_std(getattr(r, name) for r in group)
             if name in ("see", "residual_see"):
                 stats[f"{name}_std"] = std
@@ -250,11 +289,11 @@ def _finite(pairs: Iterable[tuple[float, Any]]) -> list[tuple[float, Any]]:
 def correlations(
     conditions: Sequence[ConditionStats], *, resamples: int, confidence: float, seed: int
 ) -> list[CorrelationEntry]:
-    """Each measure against success over the condition means of method "none".
+    """Each measure against each target (success, agreement) over the condition means of method "none".
 
     A noise type's points are its SNRs plus the clean condition at the top of its curve (as the paper plots
     them); "pooled" is every "none" condition once. Clean has no finite true SNR, so it is left out of the
-    true-SNR correlations only.
+    true-SNR correlations only. A (measure, target) with no point at all (not recorded) gives no entry.
     """
     none = [c for c in conditions if c.method == NONE]
     clean = [c for c in none if c.noise == CLEAN]
@@ -263,35 +302,83 @@ def correlations(
     }
     scopes[POOLED] = none
     out = []
-    for scope, points in scopes.items():
-        for measure in MEASURES:
-            pairs = _finite((x, c.success) for c in points if (x := getattr(c, measure)) is not None)
-            x, y = np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs])
-            for kind in KINDS:
-                r = correlation(x, y, kind, resamples=resamples, confidence=confidence, seed=seed)
-                out.append(CorrelationEntry(scope, measure, kind, r.value, r.low, r.high, r.n, abs(r.value)))
+    for target in TARGETS:
+        for scope, points in scopes.items():
+            for measure in MEASURES:
+                pairs = _finite(
+                    (x, y)
+                    for c in points
+                    if (x := getattr(c, measure)) is not None and (y := getattr(c, target)) is not None
+                )
+                if not pairs:
+                    continue
+                x, y = np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs])
+                for kind in KINDS:
+                    r = correlation(x, y, kind, resamples=resamples, confidence=confidence, seed=seed)
+                    out.append(
+                        CorrelationEntry(scope, measure, target, kind, r.value, r.low, r.high, r.n, abs(r.value))
+                    )
     return out
+
+
+def _negated(value: float | None) -> float | None:
+    return None if value is None else -value
 
 
 AUC_SCORES: dict[str, Callable[[RequestRow], float | None]] = {
     "see": lambda r: r.see,
     "-wada_snr_db": lambda r: -r.wada_snr_db,
-    "-true_snr_db": lambda r: None if r.true_snr_db is None else -r.true_snr_db,  # oracle; clean rows drop out
+    "-dnsmos_bak": lambda r: _negated(r.dnsmos_bak),
+    "-dnsmos_ovrl": lambda r: _negated(r.dnsmos_ovrl),
+    "-true_snr_db": lambda r: _negated(r.true_snr_db),  # oracle; clean rows drop out
 }
-"""Per-request scores where higher should mean "more likely wrong"."""
+"""Per-request scores where higher should mean "more likely wrong" (so the cleaner-is-higher measures are negated)."""
+REFERENCE_SCORES = frozenset({"-true_snr_db"})
+"""Scores that need the clean clip (see :data:`REFERENCE_MEASURES`)."""
 
 
 def error_auc(
     rows: Iterable[RequestRow], *, wrong_below: float, resamples: int, confidence: float, seed: int
 ) -> list[AucEntry]:
-    """ROC AUC of each score for "the answer is wrong" (success < ``wrong_below``) over every method-"none" row."""
+    """ROC AUC of each score for "the answer is wrong" (target < ``wrong_below``) over every method-"none" row.
+
+    Wrong is judged by each target: success (against the ground truth) and agreement (changed from the clean
+    answer). Rows without the score or the target drop out; a (score, target) with no row gives no entry.
+    """
     none = [r for r in rows if r.method == NONE]
     out = []
-    for name, score in AUC_SCORES.items():
-        pairs = _finite((s, r.success < wrong_below) for r in none if (s := score(r)) is not None)
-        scores, labels = np.asarray([p[0] for p in pairs], dtype=np.float64), np.asarray([p[1] for p in pairs], bool)
-        out.append(AucEntry(name, *roc_auc(scores, labels, resamples=resamples, confidence=confidence, seed=seed)))
+    for target in TARGETS:
+        for name, score in AUC_SCORES.items():
+            pairs = _finite(
+                (s, y < wrong_below)
+                for r in none
+                if (s := score(r)) is not None and (y := getattr(r, target)) is not None
+            )
+            if not pairs:
+                continue
+            scores = np.asarray([p[0] for p in pairs], dtype=np.float64)
+            labels = np.asarray([p[1] for p in pairs], bool)
+            auc = roc_auc(scores, labels, resamples=resamples, confidence=confidence, seed=seed)
+            out.append(AucEntry(name, target, *auc))
     return out
+
+
+def best_auc(entries: Iterable[AucEntry], target: str, *, blind: bool = False) -> list[AucEntry]:
+    """The ``target``'s entries with a finite AUC, best first; with ``blind``, only scores needing no clean clip."""
+    chosen = [
+        e
+        for e in entries
+        if e.target == target and math.isfinite(e.value) and not (blind and e.score in REFERENCE_SCORES)
+    ]
+    return sorted(chosen, key=lambda e: -e.value)
+
+
+def strongest_correlations(
+    entries: Iterable[CorrelationEntry], target: str, *, scope: str = POOLED, kind: Method = "pearson"
+) -> list[CorrelationEntry]:
+    """One scope's finite correlations with ``target``, strongest (largest magnitude) first."""
+    chosen = [e for e in entries if (e.scope, e.target, e.kind) == (scope, target, kind) and math.isfinite(e.abs_value)]
+    return sorted(chosen, key=lambda e: -e.abs_value)
 
 
 def _method(condition: ConditionStats | None) -> str | None:

@@ -16,12 +16,49 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from evaluation.analysis import CLEAN, NONE, POOLED, Analysis, ConditionStats, is_seen, method_order, snr_key
+from evaluation.analysis import (
+    AGREEMENT,
+    CLEAN,
+    KINDS,
+    MEASURES,
+    NONE,
+    POOLED,
+    REFERENCE_MEASURES,
+    SUCCESS,
+    TARGETS,
+    Analysis,
+    AucEntry,
+    ConditionStats,
+    best_auc,
+    is_seen,
+    method_order,
+    snr_key,
+    strongest_correlations,
+)
 from evaluation.stats import linear_fit
 
 DASH = "–"
-SCORE_NAMES = {"see": "SEE", "-wada_snr_db": "−WADA-SNR (blind)", "-true_snr_db": "−true SNR (oracle, no clean)"}
-MEASURE_NAMES = {"see": "SEE", "true_snr_db": "true SNR", "wada_snr_db": "WADA-SNR", "stoi": "STOI"}
+SCORE_NAMES = {
+    "see": "SEE",
+    "-wada_snr_db": "−WADA-SNR (blind)",
+    "-dnsmos_bak": "−DNSMOS BAK (blind)",
+    "-dnsmos_ovrl": "−DNSMOS OVRL (blind)",
+    "-true_snr_db": "−true SNR (oracle, no clean)",
+}
+MEASURE_NAMES = {
+    "see": "SEE",
+    "true_snr_db": "true SNR",
+    "wada_snr_db": "WADA-SNR",
+    "dnsmos_bak": "DNSMOS BAK",
+    "dnsmos_ovrl": "DNSMOS OVRL",
+    "stoi": "STOI",
+}
+KIND_NAMES = {"pearson": "Pearson r", "spearman": "Spearman ρ"}
+TARGET_NAMES = {
+    SUCCESS: "success (against the ground truth)",
+    AGREEMENT: "agreement (with the model's own answer on the clean clip)",
+}
+WRONG_NAMES = {SUCCESS: "wrong (ground truth)", AGREEMENT: "changed (vs clean answer)"}
 Cell = Callable[[ConditionStats], str]
 
 
@@ -84,32 +121,89 @@ def _pm(mean: float | None, std: float | None) -> str:
     return DASH if mean is None else f"{_num(mean)} ± {_num(std)}"
 
 
+def _measure(name: str) -> str:
+    return MEASURE_NAMES.get(name, name) + (" (oracle)" if name in REFERENCE_MEASURES else "")
+
+
 def _correlation_section(analysis: Analysis, level: str) -> list[str]:
-    entries = {(e.scope, e.measure, e.kind): e for e in analysis.correlations}
-    rows = []
-    for (scope, measure, kind), pearson in entries.items():
-        spearman = entries.get((scope, measure, "spearman"))
-        if kind == "pearson" and spearman is not None:
-            cells = [_ci(e.value, e.low, e.high) for e in (pearson, spearman)]
-            rows.append([scope, MEASURE_NAMES.get(measure, measure), *cells, str(pearson.n)])
-    return [
-        "## Correlation with success (condition means, method none)",
-        "",
-        "Signed values: SEE should correlate negatively with success, the SNRs and STOI positively, so compare "
-        "magnitudes. A noise type's points are its SNRs plus the clean condition; the clean point has no true SNR "
-        "and is left out of the true-SNR rows only.",
-        "",
-        *_table(["scope", "measure", f"Pearson r [{level}]", f"Spearman ρ [{level}]", "points"], rows),
-    ]
+    """Per target, a table per correlation kind: a row per scope, the measures side by side."""
+    out = []
+    for target in TARGETS:
+        entries = {(e.scope, e.measure, e.kind): e for e in analysis.correlations if e.target == target}
+        if not entries:
+            continue
+        measures = [m for m in MEASURES if any(key[1] == m for key in entries)]
+        scopes = list(dict.fromkeys(key[0] for key in entries))
+        out += [
+            f"## Correlation with {target} (condition means, method none)",
+            "",
+            f"Target: {TARGET_NAMES.get(target, target)}. Signed values: SEE is higher for noisier audio, so it "
+            "should correlate negatively; the SNRs, DNSMOS and STOI are higher for cleaner audio and should "
+            "correlate positively, so compare magnitudes. A noise type's points are its SNRs plus the clean "
+            "condition; the clean point has no true SNR and is left out of the true-SNR column only. (oracle): "
+            "needs the clean clip, which a deployment does not have.",
+            "",
+        ]
+        for kind in KINDS:
+            rows = []
+            for scope in scopes:
+                cells = [
+                    DASH if (e := entries.get((scope, m, kind))) is None else _ci(e.value, e.low, e.high)
+                    for m in measures
+                ]
+                see = entries.get((scope, "see", kind))
+                rows.append([scope, *cells, DASH if see is None else str(see.n)])
+            header = ["scope", *(_measure(m) for m in measures), "points"]
+            out += [f"{KIND_NAMES[kind]} [{level}]:", "", *_table(header, rows)]
+        ranked = strongest_correlations(analysis.correlations, target)
+        if ranked:
+            order = " > ".join(f"{_measure(e.measure)} ({_num(e.value, 2, sign='+')})" for e in ranked)
+            line = f"Pooled, by |Pearson r| with {target}: the strongest is **{_measure(ranked[0].measure)}**"
+            blind = [e for e in ranked if e.measure not in REFERENCE_MEASURES]
+            if blind and blind[0] is not ranked[0]:
+                line += f", the strongest without the clean clip **{_measure(blind[0].measure)}**"
+            out += [f"{line}; {order}.", ""]
+    return out
+
+
+def _leader(entries: list[AucEntry]) -> str:
+    best = entries[0]
+    text = f"**{SCORE_NAMES.get(best.score, best.score)}** (AUC {_num(best.value, 2)})"
+    if len(entries) > 1:
+        text += f", ahead of {SCORE_NAMES.get(entries[1].score, entries[1].score)} ({_num(entries[1].value, 2)})"
+    return text
 
 
 def _auc_section(analysis: Analysis, level: str) -> list[str]:
-    rows = [
-        [SCORE_NAMES.get(a.score, a.score), _ci(a.value, a.low, a.high, sign=""), str(a.positives), str(a.negatives)]
-        for a in analysis.auc
-    ]
-    header = ["score (higher = more likely wrong)", f"AUC [{level}]", "wrong", "right"]
-    return ["## Detecting wrong answers (ROC AUC per request, method none)", "", *_table(header, rows)]
+    """The scores side by side, a column group per target, then which score detects best (computed)."""
+    targets = [t for t in TARGETS if any(a.target == t for a in analysis.auc)]
+    by_key = {(a.score, a.target): a for a in analysis.auc}
+    scores = list(dict.fromkeys(a.score for a in analysis.auc))
+    rows = []
+    for score in scores:
+        cells = [SCORE_NAMES.get(score, score)]
+        for target in targets:
+            a = by_key.get((score, target))
+            cells += (
+                [DASH] * 3 if a is None else [_ci(a.value, a.low, a.high, sign=""), str(a.positives), str(a.negatives)]
+            )
+        rows.append(cells)
+    header = ["score (higher = more likely wrong)"]
+    for target in targets:
+        header += [f"AUC, {WRONG_NAMES.get(target, target)} [{level}]", "positives", "negatives"]
+    out = ["## Detecting wrong answers (ROC AUC per request, method none)", "", *_table(header, rows)]
+    for target in targets:
+        ranked, blind = best_auc(analysis.auc, target), best_auc(analysis.auc, target, blind=True)
+        line = f"Flagging answers {WRONG_NAMES.get(target, target)}: "
+        if ranked:
+            line += f"best {_leader(ranked)}"
+            if blind and blind[0] is not ranked[0]:
+                line += f"; best without the clean clip {_leader(blind)}"
+        else:
+            see = by_key.get(("see", target)) or next(a for a in analysis.auc if a.target == target)
+            line += f"no AUC is defined ({see.positives} such answers, {see.negatives} others)"
+        out += [line + ".", ""]
+    return out
 
 
 def _denoiser_section(analysis: Analysis) -> list[str]:
@@ -180,6 +274,12 @@ def _markdown(analysis: Analysis, title: str, run_seconds: float, settings: dict
         *(_table(["setting", "value"], [[str(k), f"`{v}`"] for k, v in settings.items()]) if settings else []),
     ]
     out += _by_noise(analysis, "Success rate (%)", lambda ms: [(m, m, lambda c: _pct(c.success)) for m in ms])
+    if any(c.agreement is not None for c in analysis.conditions):
+        out += _by_noise(
+            analysis,
+            "Agreement with the clean answer (%; the model's own answer on the clean clip as reference)",
+            lambda ms: [(m, m, lambda c: _pct(c.agreement)) for m in ms],
+        )
     if any(c.wer is not None for c in analysis.conditions):
         out += _by_noise(analysis, "WER (%)", lambda ms: [(m, m, lambda c: _pct(c.wer)) for m in ms])
     out += _by_noise(
@@ -281,7 +381,8 @@ def _see_success_figure(analysis: Analysis, path: Path) -> None:
             ax.scatter([c.see for c in points], [100 * c.success for c in points], marker=marker, s=size, label=noise)
     slope, intercept = linear_fit([c.see for c in none], [c.success for c in none])
     if math.isfinite(slope):
-        pooled = (e.value for e in analysis.correlations if (e.scope, e.measure, e.kind) == (POOLED, "see", "pearson"))
+        key = (POOLED, "see", SUCCESS, "pearson")
+        pooled = (e.value for e in analysis.correlations if (e.scope, e.measure, e.target, e.kind) == key)
         r = next(pooled, math.nan)
         xs = np.linspace(min(c.see for c in none), max(c.see for c in none), 50)
         ax.plot(xs, 100 * (slope * xs + intercept), color="gray", linestyle="--", label=f"pooled fit, r = {r:+.2f}")

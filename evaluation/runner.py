@@ -5,6 +5,10 @@ every distinct input are computed once; the methods then share them. Generation 
 :class:`service.engine.runner.ModelBackend`, the batched backend the service runs, so the SEE, SEEN and
 answers measured here are the ones a deployment gets. Finished conditions are stored one file each, so
 an interrupted run resumes where it stopped.
+
+Besides success against the ground truth, each row carries the paper's own success measure: agreement with
+the model's answer (method "none") on the clean clip. The clean condition therefore runs first, and its
+answers are stored in the rows, so a resumed run recovers them from the store.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from evaluation.analysis import RequestRow, rows_from_csv, rows_to_csv
-from evaluation.audio_measures import stoi, wada_snr
-from evaluation.dataset import Dataset, NoiseSource, normalize
+from evaluation.audio_measures import dnsmos, stoi, wada_snr
+from evaluation.dataset import Dataset, Item, NoiseSource, Task, normalize
 from evaluation.denoisers import DENOISERS, make_denoiser
 from seen.adapters import AudioLM
 from seen.audio import split_into_windows
@@ -36,6 +40,7 @@ ADAPTIVE = "seen-adaptive"
 DEFAULT_SNRS_DB = (-10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 30.0)
 DEFAULT_METHODS = ("none", "seen-0.25", "seen-0.5", "seen-1", ADAPTIVE, *DENOISERS)
 CLEAN = "clean"
+NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    if name == "none":
+    if name == NONE:
         return Method(name)
     if name == ADAPTIVE:
         return Method(name, strength=1.0)
@@ -87,6 +92,23 @@ class _Input:
     true_snr_db: float | None
     wada_snr_db: float
     stoi: float
+    dnsmos_bak: float
+    dnsmos_ovrl: float
+
+
+def score_answer(task: Task, answer: str, reference: str) -> tuple[float, float | None]:
+    """(success, WER) of ``answer`` against ``reference``: exact match for QA, max(0, 1 - WER) otherwise.
+
+    The reference may be another answer of the model (for agreement); an empty one (after normalising) is
+    matched only by an empty answer, as WER against nothing is undefined.
+    """
+    if task == "qa":
+        return float(normalize(answer) == normalize(reference)), None
+    truth, hypothesis = normalize(reference), normalize(answer)
+    if not truth:
+        return float(not hypothesis), None
+    wer = float(jiwer.wer(truth, hypothesis or "<empty>"))
+    return max(0.0, 1.0 - wer), wer
 
 
 class Evaluator:
@@ -110,6 +132,16 @@ class Evaluator:
         self.backend = ModelBackend(lm, bundle, NoisePolicy(bundle), model_name="eval", see_method="exact")
         self.adaptive_policy = NoisePolicy(bundle, adaptive=True)
         NoisePolicy(bundle).check_profile(self.profile)
+        self.clean_answers: list[str] | None = None
+        """Each clip's answer with method "none" on clean audio: the reference of ``agreement``."""
+
+    def recover_clean_answers(self, rows: Sequence[RequestRow]) -> bool:
+        """Take the clean answers from stored clean "none" rows; False if they do not cover this dataset."""
+        ids = [item.clip_id for item in self.dataset.items]
+        if [r.clip for r in rows] != ids or any(r.answer is None for r in rows):
+            return False
+        self.clean_answers = [r.answer or "" for r in rows]
+        return True
 
     def close(self) -> None:
         self.backend.close()
@@ -122,7 +154,7 @@ class Evaluator:
             return clips, clips
         references, inputs = [], []
         for index, item in enumerate(self.dataset.items):
-            noise = condition.noise.for_clip(index, item.audio.size, rate, self.seed)
+            noise = condition.noise.for_clip(index, item.audio.size, rate, self.seed, clip_id=item.clip_id)
             mix = mix_components(item.audio, noise, condition.snr_db)
             references.append(mix.clean)
             inputs.append(mix.mixture)
@@ -133,8 +165,8 @@ class Evaluator:
     ) -> list[_Input]:
         rate = self.lm.sample_rate
         return [
-            _Input(clip, achieved_snr_db(ref, clip) if noisy else None, wada_snr(clip), stoi(ref, clip, rate))
-            for ref, clip in zip(references, audio, strict=True)
+            _Input(clip, achieved_snr_db(ref, clip) if noisy else None, wada_snr(clip), stoi(ref, clip, rate), *quality)
+            for ref, clip, quality in zip(references, audio, dnsmos(audio, rate), strict=True)
         ]
 
     def _answers(self, inputs: Sequence[_Input], method: Method) -> list[tuple[str, float, float | None]]:
@@ -157,19 +189,21 @@ class Evaluator:
                     results.append((outcome.text, report.see, residual))
         return results
 
-    def _success(self, answer: str, reference: str) -> tuple[float, float | None]:
-        if self.dataset.task == "qa":
-            return float(normalize(answer) == normalize(reference)), None
-        wer = float(jiwer.wer(normalize(reference), normalize(answer) or "<empty>"))
-        return max(0.0, 1.0 - wer), wer
+    def _agreement(self, index: int, answer: str) -> float | None:
+        if self.clean_answers is None:
+            return None
+        return score_answer(self.dataset.task, answer, self.clean_answers[index])[0]
 
     def run(self, condition: Condition, methods: Sequence[Method]) -> dict[str, list[RequestRow]]:
-        """Rows per method for one condition; noisy inputs and denoised audio computed once and shared."""
+        """Rows per method for one condition; noisy inputs and denoised audio computed once and shared.
+
+        On the clean condition method "none" runs first and its answers become :attr:`clean_answers`.
+        """
         references, mixed = self._mixtures(condition)
         noisy = condition.noise is not None
         raw: list[_Input] | None = None
         rows: dict[str, list[RequestRow]] = {}
-        for method in methods:
+        for method in sorted(methods, key=lambda m: m.name != NONE):
             if method.denoiser is not None:
                 denoiser = make_denoiser(method.denoiser)
                 denoised = [denoiser(clip, self.lm.sample_rate) for clip in mixed]
@@ -177,27 +211,46 @@ class Evaluator:
             else:
                 raw = raw or self._measure(references, mixed, noisy)
                 inputs = raw
-            rows[method.name] = []
-            for item, model_input, (answer, see, residual) in zip(
-                self.dataset.items, inputs, self._answers(inputs, method), strict=True
-            ):
-                success, wer = self._success(answer, item.reference)
-                rows[method.name].append(
-                    RequestRow(
-                        noise=CLEAN if condition.noise is None else condition.noise.name,
-                        snr_db=condition.snr_db,
-                        method=method.name,
-                        clip=item.clip_id,
-                        success=success,
-                        wer=wer,
-                        see=see,
-                        residual_see=residual,
-                        true_snr_db=model_input.true_snr_db,
-                        wada_snr_db=model_input.wada_snr_db,
-                        stoi=model_input.stoi,
-                    )
+            answers = self._answers(inputs, method)
+            if not noisy and method.name == NONE:
+                self.clean_answers = [answer for answer, _, _ in answers]
+            rows[method.name] = [
+                self._row(condition, method, index, item, model_input, *answer)
+                for index, (item, model_input, answer) in enumerate(
+                    zip(self.dataset.items, inputs, answers, strict=True)
                 )
-        return rows
+            ]
+        return {method.name: rows[method.name] for method in methods}
+
+    def _row(
+        self,
+        condition: Condition,
+        method: Method,
+        index: int,
+        item: Item,
+        model_input: _Input,
+        answer: str,
+        see: float,
+        residual: float | None,
+    ) -> RequestRow:
+        success, wer = score_answer(self.dataset.task, answer, item.reference)
+        return RequestRow(
+            noise=CLEAN if condition.noise is None else condition.noise.name,
+            snr_db=condition.snr_db,
+            method=method.name,
+            clip=item.clip_id,
+            success=success,
+            wer=wer,
+            see=see,
+            residual_see=residual,
+            true_snr_db=model_input.true_snr_db,
+            wada_snr_db=model_input.wada_snr_db,
+            stoi=model_input.stoi,
+            dnsmos_bak=model_input.dnsmos_bak,
+            dnsmos_ovrl=model_input.dnsmos_ovrl,
+            answer=answer,
+            agreement=self._agreement(index, answer),
+        )
 
 
 class ResultStore:
@@ -223,6 +276,11 @@ class ResultStore:
     def has(self, condition: Condition, method: str) -> bool:
         return self._path(condition, method).exists()
 
+    def load(self, condition: Condition, method: str) -> list[RequestRow] | None:
+        """The stored rows of one (condition, method), or None when it has not finished."""
+        path = self._path(condition, method)
+        return rows_from_csv(path) if path.exists() else None
+
     def save(self, condition: Condition, method: str, rows: Sequence[RequestRow]) -> None:
         path = self._path(condition, method)
         partial = path.with_suffix(".partial")
@@ -240,10 +298,18 @@ def run_all(
     methods: Sequence[Method],
     on_condition: Callable[[Condition], None] = lambda _: None,
 ) -> list[RequestRow]:
-    """Every condition not already in the store, then every stored row."""
-    for condition in conditions:
+    """Every condition not already in the store, then every stored row.
+
+    The clean condition runs first, so its "none" answers are there to score the noisy ones' agreement; when
+    it is already stored they are read back from the store. Without method "none" (or from a store written
+    before answers were kept) agreement stays empty.
+    """
+    clean = Condition(None, None)
+    for condition in sorted(conditions, key=lambda c: c.noise is not None):  # stable: clean first
         missing = [m for m in methods if not store.has(condition, m.name)]
         if missing:
+            if evaluator.clean_answers is None and (stored := store.load(clean, NONE)) is not None:
+                evaluator.recover_clean_answers(stored)
             for name, rows in evaluator.run(condition, missing).items():
                 store.save(condition, name, rows)
         on_condition(condition)

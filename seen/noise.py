@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage, signal
 
-NOISE_TYPES: tuple[str, ...] = ("white", "pink", "brown", "babble", "engine", "wind")
+NOISE_TYPES: tuple[str, ...] = ("white", "pink", "brown", "babble", "engine", "wind", "cabin", "cafeteria")
 MIX_PEAK = 0.99
 
 FloatArray = NDArray[np.float64]
@@ -128,17 +128,83 @@ def _babble(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
     return total
 
 
-def _engine(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
-    """Firing-frequency harmonics with slowly wandering rpm, over low-passed brown rumble."""
-    fire = rng.uniform(25.0, 60.0) * (1 + 0.08 * _slow_random(rng, n, sample_rate, 0.3))
+def _engine_drone(
+    rng: np.random.Generator,
+    n: int,
+    sample_rate: int,
+    *,
+    firing_hz: tuple[float, float],
+    drift: float,
+    drift_cutoff_hz: float,
+    ceiling_hz: float,
+) -> FloatArray:
+    """Harmonics of a firing frequency drawn from ``firing_hz`` whose rpm wanders by ``drift`` (relative std)."""
+    fire = rng.uniform(*firing_hz) * (1 + drift * _slow_random(rng, n, sample_rate, drift_cutoff_hz))
     phase = 2 * np.pi * np.cumsum(fire) / sample_rate
-    ceiling = min(400.0, 0.45 * sample_rate)
+    ceiling = min(ceiling_hz, 0.45 * sample_rate)
     harmonics = np.zeros(n)
     for k in range(1, int(ceiling / (fire.max() + 1e-9)) + 1):
         harmonics += rng.uniform(0.6, 1.0) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+    return harmonics
+
+
+def _engine(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
+    """Firing-frequency harmonics with slowly wandering rpm, over low-passed brown rumble."""
+    harmonics = _engine_drone(
+        rng, n, sample_rate, firing_hz=(25.0, 60.0), drift=0.08, drift_cutoff_hz=0.3, ceiling_hz=400.0
+    )
     sos = signal.butter(4, min(150.0, 0.4 * sample_rate), fs=sample_rate, output="sos")
     rumble = signal.sosfilt(sos, _brown(rng, n, sample_rate))
     return _unit_rms(harmonics) + 0.7 * _unit_rms(rumble)
+
+
+def _cabin(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
+    """A car cabin on the road: what ``engine`` lacks is the road, which dominates a real cabin.
+
+    An engine drone whose rpm drifts further and slower than ``engine``'s (speeding up and easing off over
+    ~10 s), plus broadband tyre/road noise that the body lets through mostly below ~200 Hz, with a weak
+    tyre band near 1 kHz; the road part swells and fades (~3 dB std) as the surface changes.
+    """
+    drone = _engine_drone(
+        rng, n, sample_rate, firing_hz=(30.0, 50.0), drift=0.15, drift_cutoff_hz=0.1, ceiling_hz=300.0
+    )
+    lowpass = signal.butter(2, min(200.0, 0.4 * sample_rate), fs=sample_rate, output="sos")
+    road = signal.sosfilt(lowpass, _pink(rng, n, sample_rate))
+    band = (min(600.0, 0.2 * sample_rate), min(1200.0, 0.4 * sample_rate))
+    tyre = signal.sosfilt(
+        signal.butter(2, band, btype="bandpass", fs=sample_rate, output="sos"), rng.standard_normal(n)
+    )
+    surface = np.exp(0.4 * _slow_random(rng, n, sample_rate, 0.3))
+    return 0.8 * _unit_rms(drone) + surface * (_unit_rms(road) + 0.2 * _unit_rms(tyre))
+
+
+def _clatter(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
+    """Cutlery and dishes: short bright transients at Poisson times, each a click plus a few ringing partials.
+
+    Levels are relative to a unit-RMS bed: peaks 0-18 dB above it, so the loudest clinks stand out of babble
+    as they do in a canteen; partials are inharmonic (metal and china), 2-9 kHz, decaying in 10-80 ms.
+    """
+    out = np.zeros(n)
+    low, high = min(2000.0, 0.2 * sample_rate), min(9000.0, 0.45 * sample_rate)
+    for _ in range(int(rng.poisson(rng.uniform(1.5, 4.0) * n / sample_rate))):
+        start = int(rng.integers(n))
+        decay = rng.uniform(0.01, 0.08)
+        t = np.arange(min(n - start, int(5 * decay * sample_rate) + 1)) / sample_rate
+        partials = sum(
+            (rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)))
+            for f in rng.uniform(low, high, int(rng.integers(2, 5)))
+        )
+        click = rng.standard_normal(t.size) * np.exp(-t / 0.002)
+        event = (partials + click) * np.exp(-t / decay)
+        peak = float(np.max(np.abs(event)))
+        if peak > 0:
+            out[start : start + t.size] += 10 ** (rng.uniform(0.0, 18.0) / 20) * event / peak
+    return out
+
+
+def _cafeteria(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
+    """A canteen: a babble bed with cutlery and dish clatter on top (see :func:`_clatter`)."""
+    return _unit_rms(_babble(rng, n, sample_rate)) + _clatter(rng, n, sample_rate)
 
 
 def _wind(rng: np.random.Generator, n: int, sample_rate: int) -> FloatArray:
@@ -156,6 +222,8 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, int, int], FloatArray]] = 
     "babble": _babble,
     "engine": _engine,
     "wind": _wind,
+    "cabin": _cabin,
+    "cafeteria": _cafeteria,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import statistics
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.analysis import RequestRow, analyze, default_wrong_below, rows_from_csv, rows_to_csv
+from evaluation.analysis import RequestRow, analyze, best_auc, default_wrong_below, rows_from_csv, rows_to_csv
 from evaluation.report import write_report
 
 SNRS = (0.0, 10.0, 20.0)
@@ -36,6 +37,8 @@ def _see_none(noise: str, snr: float | None, clip: int) -> float:
 def _row(noise: str, snr: float | None, method: str, clip: int, *, wer: bool = False) -> RequestRow:
     success = 1.0 if clip < RIGHT[method][snr] else 0.0
     see = _see_none(noise, snr, clip) + DENOISER_SEE_SHIFT.get(method, 0.0)
+    # One clip more agrees with its clean answer than is right: clip 3's clean answer is wrong and stays so.
+    agrees = clip < min(CLIPS, RIGHT[method][snr] + 1)
     return RequestRow(
         noise=noise,
         snr_db=snr,
@@ -48,6 +51,10 @@ def _row(noise: str, snr: float | None, method: str, clip: int, *, wer: bool = F
         true_snr_db=None if snr is None else snr + 0.5,
         wada_snr_db=40.0 if snr is None else snr - 1.0 + 0.1 * clip,
         stoi=1.0 if snr is None else 0.6 + 0.01 * snr,
+        dnsmos_bak=4.0 if snr is None else 1.5 + 0.1 * snr,  # a condition-level score: ties inside a condition
+        dnsmos_ovrl=3.5 if snr is None else 1.2 + 0.08 * snr,
+        answer=f"answer {clip}" if agrees else f"other {clip}",
+        agreement=1.0 if agrees else 0.0,
     )
 
 
@@ -71,6 +78,8 @@ def test_condition_means_match_a_hand_computed_case(rows: list[RequestRow]) -> N
     assert babble_0.residual_see is None and babble_0.residual_see_std is None
     assert babble_0.true_snr_db == pytest.approx(0.5) and babble_0.wada_snr_db == pytest.approx(-0.85)
     assert babble_0.stoi == pytest.approx(0.6)
+    assert babble_0.dnsmos_bak == pytest.approx(1.5) and babble_0.dnsmos_ovrl == pytest.approx(1.2)
+    assert babble_0.agreement == pytest.approx(0.5)  # clips 0 and 1 keep their clean answer
     seen = next(c for c in analysis.conditions if c.key == ("babble", 0.0, "seen-0.5"))
     assert seen.residual_see == pytest.approx(0.3 * 0.505) and seen.success == pytest.approx(0.5)
     clean = next(c for c in analysis.conditions if c.key == ("clean", None, "none"))
@@ -95,13 +104,14 @@ def test_a_failed_blind_estimate_is_left_out_not_propagated(rows: list[RequestRo
     analysis = analyze(broken, resamples=50)
     babble_0 = next(c for c in analysis.conditions if c.key == ("babble", 0.0, "none"))
     assert babble_0.n == 4 and babble_0.wada_snr_db == pytest.approx(-0.8)  # mean of clips 1-3
-    auc = {a.score: a for a in analysis.auc}
+    auc = {a.score: a for a in analysis.auc if a.target == "success"}
     assert auc["-wada_snr_db"].negatives == 15 and auc["see"].negatives == 16
     json.dumps(analysis.to_dict(), allow_nan=False)
 
 
 def test_see_correlates_negatively_with_success_and_snr_positively(rows: list[RequestRow]) -> None:
-    entries = {(e.scope, e.measure, e.kind): e for e in analyze(rows, resamples=300).correlations}
+    correlations = analyze(rows, resamples=300).correlations
+    entries = {(e.scope, e.measure, e.kind): e for e in correlations if e.target == "success"}
     assert {scope for scope, _, _ in entries} == {"babble", "white", "pooled"}
     for scope, points in (("babble", 4), ("white", 4), ("pooled", 7)):  # 3 SNRs (+ 3 more pooled) + clean
         pearson = entries[(scope, "see", "pearson")]
@@ -111,17 +121,37 @@ def test_see_correlates_negatively_with_success_and_snr_positively(rows: list[Re
         assert entries[(scope, "true_snr_db", "pearson")].n == points - 1  # clean has no true SNR
         assert entries[(scope, "true_snr_db", "spearman")].value == pytest.approx(1.0)
         assert entries[(scope, "wada_snr_db", "pearson")].value > 0.8
+        for dnsmos in ("dnsmos_bak", "dnsmos_ovrl"):  # higher = cleaner, like an SNR, and clean is in here
+            assert entries[(scope, dnsmos, "pearson")].n == points
+            assert entries[(scope, dnsmos, "spearman")].value == pytest.approx(1.0)
+    agreement = {(e.scope, e.measure, e.kind): e for e in correlations if e.target == "agreement"}
+    assert set(agreement) == set(entries)
+    see = agreement[("babble", "see", "pearson")]
+    assert see.n == 4 and see.value < -0.9  # agreement 50/75/100/100 % against SEE means falling with SNR
+    assert agreement[("babble", "see", "spearman")].value < -0.9
 
 
-def test_see_detects_wrong_answers(rows: list[RequestRow]) -> None:
-    auc = {a.score: a for a in analyze(rows, resamples=300).auc}
+def test_see_detects_wrong_answers(rows: list[RequestRow], tmp_path: Path) -> None:
+    entries = analyze(rows, resamples=300).auc
+    auc = {a.score: a for a in entries if a.target == "success"}
     see = auc["see"]
     assert see.value == pytest.approx(1.0) and see.low <= see.high <= 1.0
     assert (see.positives, see.negatives) == (12, 16)  # 2 noises x (3 + 2 + 1) wrong; 12 noisy + 4 clean right
     assert (auc["-true_snr_db"].positives, auc["-true_snr_db"].negatives) == (12, 12)  # clean rows left out
     assert 0.5 < auc["-wada_snr_db"].value < 1.0
-    lenient = {a.score: a for a in analyze(rows, wrong_below=0.0, resamples=50).auc}["see"]
+    for dnsmos in ("-dnsmos_bak", "-dnsmos_ovrl"):  # ties inside each condition keep it below SEE's
+        assert 0.5 < auc[dnsmos].value < 1.0 and (auc[dnsmos].positives, auc[dnsmos].negatives) == (12, 16)
+    assert [a.score for a in best_auc(entries, "success")][:1] == ["see"]
+    changed = {a.score: a for a in entries if a.target == "agreement"}
+    # Answers that changed from the clean one: 2 + 1 + 0 per noise; every clean "none" answer agrees.
+    assert (changed["see"].positives, changed["see"].negatives) == (6, 22)
+    assert 0.5 < changed["see"].value < 1.0  # clip 3 stays wrong (high SEE) yet agrees
+    lenient_analysis = analyze(rows, wrong_below=0.0, resamples=50)
+    lenient = {a.score: a for a in lenient_analysis.auc}["see"]
     assert lenient.positives == 0 and lenient.value != lenient.value  # nothing counts as wrong: NaN
+    write_report(lenient_analysis, tmp_path, title="Lenient", run_seconds=1.0, settings={})
+    text = (tmp_path / "report.md").read_text()
+    assert "Flagging answers wrong (ground truth): no AUC is defined (0 such answers, 28 others)." in text
 
 
 def test_seen_gain_denoiser_see_and_clean_effect(rows: list[RequestRow]) -> None:
@@ -152,9 +182,12 @@ def test_seen_gain_denoiser_see_and_clean_effect(rows: list[RequestRow]) -> None
 
 def test_csv_round_trip_keeps_none_and_exact_floats(tmp_path: Path, rows: list[RequestRow]) -> None:
     extra = [_row("white", 10.0, "seen-1", 3, wer=True), _row("clean", None, "none", 1, wer=True)]
+    answers = ["", 'a "quoted", comma\nand a new line', "  spaced  ", "ünïcode — ok", None]
+    odd = [replace(rows[0], answer=a, dnsmos_bak=None, agreement=None) for a in answers]
     path = tmp_path / "rows.csv"
+    rows_to_csv([*rows, *extra, *odd], path)
+    assert rows_from_csv(path) == [*rows, *extra, *odd]  # an empty answer stays "", a missing one None
     rows_to_csv([*rows, *extra], path)
-    assert rows_from_csv(path) == [*rows, *extra]
     text = path.read_text()
     path.write_text(text.replace("clean,,none,clip1,1.0,0.0,", "clean,,none,clip1,,0.0,"))
     with pytest.raises(ValueError, match="'success' is empty"):
@@ -162,6 +195,47 @@ def test_csv_round_trip_keeps_none_and_exact_floats(tmp_path: Path, rows: list[R
     path.write_text("noise,snr_db\nclean,\n")
     with pytest.raises(ValueError, match="missing columns"):
         rows_from_csv(path)
+
+
+def test_rows_of_runs_before_dnsmos_and_agreement_still_load_and_analyse(
+    tmp_path: Path, rows: list[RequestRow]
+) -> None:
+    path = tmp_path / "old.csv"
+    rows_to_csv(rows, path)
+    old_columns = [
+        *("noise", "snr_db", "method", "clip", "success", "wer", "see", "residual_see"),
+        *("true_snr_db", "wada_snr_db", "stoi"),
+    ]  # the columns of the first release
+    with path.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    old = rows_from_csv(path)
+    assert old == [replace(r, dnsmos_bak=None, dnsmos_ovrl=None, answer=None, agreement=None) for r in rows]
+    analysis = analyze(old, resamples=50)
+    assert {e.measure for e in analysis.correlations} == {"see", "true_snr_db", "wada_snr_db", "stoi"}
+    assert {e.target for e in analysis.correlations} | {a.target for a in analysis.auc} == {"success"}
+    assert {a.score for a in analysis.auc} == {"see", "-wada_snr_db", "-true_snr_db"}
+    assert all(c.dnsmos_bak is None and c.agreement is None for c in analysis.conditions)
+    write_report(analysis, tmp_path / "report", title="Old run", run_seconds=1.0, settings={})
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| DNSMOS" not in text and "Agreement with the clean answer" not in text  # no empty columns or tables
+
+
+def test_the_report_names_the_best_detector_from_the_data(tmp_path: Path, rows: list[RequestRow]) -> None:
+    # SEE made uninformative and DNSMOS BAK a perfect detector: the report must say so.
+    swapped = [replace(r, see=0.3, dnsmos_bak=4.0 - 2.0 * (r.success < 1.0)) for r in rows]
+    analysis = analyze(swapped, resamples=50)
+    ranked = best_auc(analysis.auc, "success")
+    assert ranked[0].score == "-dnsmos_bak" and ranked[0].value == pytest.approx(1.0)
+    assert {a.score: a.value for a in analysis.auc if a.target == "success"}["see"] == pytest.approx(0.5)
+    write_report(analysis, tmp_path, title="Swapped", run_seconds=1.0, settings={})
+    text = (tmp_path / "report.md").read_text()
+    assert "Flagging answers wrong (ground truth): best **−DNSMOS BAK (blind)** (AUC 1.00)" in text
+    # Over condition means, the true SNR stays the strongest, so the best blind measure is named beside it.
+    assert "the strongest without the clean clip" in text
 
 
 def _assert_png(path: Path) -> None:
@@ -197,6 +271,13 @@ def test_report_has_every_section_and_valid_figures(tmp_path: Path, rows: list[R
     assert "## WER" not in text and "`1.0`" in text and "12.5 s" in text
     assert "| none | 25.0 | 50.0 | 75.0 | 100.0 |" in text  # success of "none" by SNR, then clean
     assert "+33.3 points" in text  # mean SEEN gain
+    assert "## Agreement with the clean answer" in text and "| none | 50.0 | 75.0 | 100.0 | 100.0 |" in text
+    assert "## Correlation with agreement" in text
+    header = "| scope | SEE | true SNR (oracle) | WADA-SNR | DNSMOS BAK | DNSMOS OVRL | STOI (oracle) | points |"
+    assert text.count(header) == 4  # Pearson and Spearman, for success and for agreement
+    assert "−DNSMOS BAK (blind)" in text and "−DNSMOS OVRL (blind)" in text
+    assert "Flagging answers wrong (ground truth): best **SEE** (AUC 1.00)" in text
+    assert "Flagging answers changed (vs clean answer): best **SEE**" in text
     for path in paths[1:]:
         _assert_png(path)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import signal
+from scipy import signal, stats
 
 from seen.noise import NOISE_TYPES, achieved_snr_db, generate_noise, mix_at_snr, mix_components
 
@@ -103,6 +103,47 @@ def test_babble_has_syllabic_modulation() -> None:
     white_band, _ = _syllabic_modulation(generate_noise("white", 20 * rate, rate, 0), rate)
     assert babble_share > 0.5  # most envelope fluctuation sits at syllable rates
     assert babble_band > 20 * white_band
+
+
+def _level_variation(x: np.ndarray, rate: int = SR) -> float:
+    """Coefficient of variation of the 250 ms frame RMS: how much the level moves over time."""
+    rms = _frame_rms(x, rate, frame_s=0.25)
+    return float(rms.std() / rms.mean())
+
+
+def _transient_ratio(x: np.ndarray, rate: int = SR) -> float:
+    """Energy of the loudest 10 ms frame above 2 kHz over that of the median frame."""
+    high = signal.sosfilt(signal.butter(4, 2000.0, btype="highpass", fs=rate, output="sos"), x)
+    energy = _frame_rms(high, rate, frame_s=0.01) ** 2
+    return float(energy.max() / np.median(energy))
+
+
+def test_cabin_is_a_low_rumble_whose_level_drifts_unlike_engine() -> None:
+    for seed in range(3):
+        cabin = generate_noise("cabin", 20 * SR, SR, seed)
+        f, p = _psd(cabin)
+        assert p[f < 500].sum() / p.sum() > 0.9  # measured 0.97
+        assert p[f > 2000].sum() / p.sum() < 0.01
+        # The road part swells and fades with the surface (measured 0.23-0.31); engine's drone is steady (~0.07).
+        assert _level_variation(cabin) > 0.18
+        assert _level_variation(generate_noise("engine", 20 * SR, SR, seed)) < 0.1
+    assert _level_variation(generate_noise("white", 20 * SR, SR, 0)) < 0.05
+
+
+def test_cafeteria_is_babble_with_bright_transients() -> None:
+    for seed in range(3):
+        cafeteria = generate_noise("cafeteria", 10 * SR, SR, seed).astype(np.float64)
+        babble = generate_noise("babble", 10 * SR, SR, seed).astype(np.float64)
+        # Clinks make the amplitude distribution heavy-tailed (measured kurtosis 1.4-2.3 vs 0.4-0.7 for babble).
+        assert stats.kurtosis(cafeteria) > stats.kurtosis(babble) + 0.5
+        # Above 2 kHz the loudest 10 ms frame outweighs the median one by >1000x (a clink); babble's by ~10x.
+        assert _transient_ratio(cafeteria) > 100 > 3 * _transient_ratio(babble)
+        f, p = _psd(cafeteria)
+        fb, pb = _psd(babble)
+        assert p[f > 2000].sum() / p.sum() > 0.05 > 20 * pb[fb > 2000].sum() / pb.sum()  # bright, babble is not
+        # The bed keeps the syllabic rhythm of babble.
+        assert _syllabic_modulation(cafeteria.astype(np.float32), SR)[1] > 0.3
+        assert _level_variation(cafeteria) > 0.1
 
 
 @pytest.mark.parametrize("snr_db", [-10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 30.0])
