@@ -202,6 +202,7 @@ def _build_configs(
         bos_token_id=eos,
         eos_token_id=eos,
         pad_token_id=eos,
+        max_length=config.max_target_positions,
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
         alignment_heads=[list(pair) for pair in ct2_config.get("alignment_heads", [])],
