@@ -1,4 +1,4 @@
-"""Speaker-disjoint calibration / selection / test splits."""
+"""Evaluation data tools: speaker-disjoint splits, and calibration options compared on held-out clips."""
 
 from __future__ import annotations
 
@@ -42,3 +42,39 @@ def test_librispeech_splits_are_written_for_eval_and_calibration(tmp_path: Path)
         rows = list(csv.DictReader(handle))
     assert len(rows) == 15 and all((tmp_path / row["file"]).is_file() and row["transcript"] for row in rows)
     assert len(list((tmp_path / "calibration").glob("*.wav"))) == 20
+
+
+def test_bundle_comparison_prints_one_row_per_option(
+    tmp_path: Path, model_dirs: dict[str, Path], service_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m evaluation.bundles`` on the tiny Qwen2-Audio, its test bundle twice, one noise."""
+    import numpy as np
+    import soundfile as sf
+
+    from evaluation.bundles import main
+    from tests.conftest import speechlike
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    with (tmp_path / "data.csv").open("w") as handle:
+        handle.write("file,transcript\n")
+        for index in range(3):
+            sf.write(clips / f"{index}.wav", speechlike(1.5, index), 16000)
+            handle.write(f"clips/{index}.wav,hello\n")
+    arguments = ["--model", str(model_dirs["qwen2_audio"]), "--dataset", str(tmp_path / "data.csv")]
+    arguments += [
+        "--bundle",
+        f"a={service_bundle}",
+        "--bundle",
+        f"b={service_bundle}",
+        "--noise",
+        "white",
+        "--snrs",
+        "0",
+    ]
+    assert main(arguments) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| a ", "| b "))]
+    assert len(rows) == 2
+    cells = [[float(cell) for cell in row.strip("| ").split(" | ")[3:]] for row in rows]
+    assert cells[0] == cells[1] and len(cells[0]) == 2 and np.isfinite(cells[0]).all()
+    assert cells[0][1] != cells[0][0]  # white noise at 0 dB moves SEE
