@@ -18,6 +18,7 @@ from seen.adapters import AudioLM, Clip
 from seen.basis import BasisOptions, LayerBasis, LayerProfile, localize, noise_basis
 from seen.bundle import MERGED_PROFILE, NoiseBundle, NoiseProfile, SeeStats
 from seen.hooks import ActivationRecorder, SiteKind
+from seen.noise import mix_components
 from seen.scoring import Scorer, site_batch
 
 Progress = Callable[[int], None]
@@ -109,6 +110,13 @@ def calibrate(
     clean_rows = record_pooled(lm, clean.clips, paths, site, config.batch_size, progress)
     noise_rows = {n.name: record_pooled(lm, n.clips, paths, site, config.batch_size, progress) for n in noises}
     merged_rows = [_interleave([noise_rows[name][i] for name in names]) for i in range(len(paths))]
+    # The paired basis learns from what each noise does to the same clean clips: (mix - clean) rows.
+    basis_rows = (
+        {n.name: _paired_differences(lm, clean, n, clean_rows, paths, config, progress) for n in noises}
+        if config.basis.method == "paired"
+        else noise_rows
+    )
+    basis_merged = [_interleave([basis_rows[name][i] for name in names]) for i in range(len(paths))]
 
     if config.layers is None:
         localization = localize(clean_rows, merged_rows, candidates)
@@ -118,7 +126,7 @@ def calibrate(
 
     layer_bases = {
         name: [noise_basis(clean_rows[i], rows[i], config.basis) for i in selected]
-        for name, rows in [*noise_rows.items(), (MERGED_PROFILE, merged_rows)]
+        for name, rows in [*basis_rows.items(), (MERGED_PROFILE, basis_merged)]
     }
     bundle = NoiseBundle(
         model=lm.identity(),
@@ -151,6 +159,26 @@ def calibrate(
     bundle = replace(bundle, calibration=record)
     bundle = _with_statistics(lm, bundle, clean, noises, config, progress)
     return CalibrationResult(bundle, localization, layer_bases)
+
+
+def _paired_differences(
+    lm: AudioLM,
+    clean: ClipSet,
+    noise: ClipSet,
+    clean_rows: list[torch.Tensor],
+    paths: Sequence[str],
+    config: CalibrationConfig,
+    progress: Progress,
+) -> list[torch.Tensor]:
+    """Pooled activations of each clean clip mixed with a noise clip, minus those of the clip as mixed."""
+    mixes = [
+        mix_components(clip, noise.clips[index % len(noise.clips)], config.basis.paired_snr_db)
+        for index, clip in enumerate(clean.clips)
+    ]
+    mixed = record_pooled(lm, [m.mixture for m in mixes], paths, config.site, config.batch_size, progress)
+    if any(m.scale != 1.0 for m in mixes):  # the mix was scaled down to avoid clipping: compare like with like
+        clean_rows = record_pooled(lm, [m.clean for m in mixes], paths, config.site, config.batch_size, progress)
+    return [mix - reference for mix, reference in zip(mixed, clean_rows, strict=True)]
 
 
 def _with_statistics(

@@ -46,6 +46,14 @@ def register(commands: Any) -> None:
     parser.add_argument("--center", choices=("none", "clean_mean", "per_set"), default="none")
     parser.add_argument("--max-directions", type=int, default=None, help="cap on directions per layer")
     parser.add_argument(
+        "--method",
+        choices=("svd", "contrastive", "paired"),
+        default="svd",
+        help="svd: the paper's noise directions far from clean ones; contrastive: noise variance over clean "
+        "variance; paired: principal directions of (noisy mix - clean) on the same clips",
+    )
+    parser.add_argument("--paired-snr", type=float, default=5.0, help="SNR (dB) of the paired method's mixes")
+    parser.add_argument(
         "--layers", type=_layers, default=None, help="critical layers, e.g. 23,24,25 (skips localization)"
     )
     parser.add_argument("--site", choices=[kind.value for kind in SiteKind], default=SiteKind.ENCODER_FFN.value)
@@ -77,11 +85,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
             delta_mode=args.delta_mode,
             center=args.center,
             max_directions=args.max_directions,
+            method=args.method,
+            paired_snr_db=args.paired_snr,
         ),
         batch_size=args.batch_size,
         default_strength=args.strength,
     )
     total = 2 * (len(clean.clips) + sum(len(n.clips) for n in noises))
+    total += len(clean.clips) * len(noises) if args.method == "paired" else 0
     with tqdm(total=total, unit="clip", desc="calibrating") as bar:
         result = calibrate(lm, clean, noises, config, progress=bar.update)
     result.bundle.save(args.out)

@@ -16,6 +16,7 @@ import torch
 
 Centering = Literal["none", "clean_mean", "per_set"]
 DeltaMode = Literal["absolute", "chance"]
+BasisMethod = Literal["svd", "contrastive", "paired"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,16 @@ class BasisOptions:
     which removes the shared activation offset. ``per_set``: each set minus its own mean (PCA)."""
     max_directions: int | None = None
     """Upper bound on k per layer (largest noise singular values first); None keeps all that pass."""
+    method: BasisMethod = "svd"
+    """``svd``: the paper's noise singular directions far from every clean one (alpha, delta, center apply).
+    ``contrastive``: generalized eigenvectors of the noise and clean covariances, the directions whose
+    noise variance most exceeds their clean variance (those with a ratio above 1). ``paired``: principal
+    directions of the change that noise makes to the same clean clips (noisy mix minus clean, pooled)."""
+    regularization: float = 0.1
+    """``contrastive``: the clean covariance gets this fraction of its mean eigenvalue added on the diagonal,
+    so that directions the few calibration clips never visit do not divide by zero."""
+    paired_snr_db: float = 5.0
+    """``paired``: the SNR at which calibration noise is mixed into the clean clips."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
@@ -45,6 +56,10 @@ class BasisOptions:
             raise ValueError(f"an absolute delta is a cosine in (0, 1], got {self.delta}")
         if self.max_directions is not None and self.max_directions < 0:
             raise ValueError(f"max_directions must be >= 0, got {self.max_directions}")
+        if self.method not in ("svd", "contrastive", "paired"):
+            raise ValueError(f"unknown basis method {self.method!r}; use svd, contrastive or paired")
+        if self.regularization <= 0.0:
+            raise ValueError(f"regularization must be positive, got {self.regularization}")
 
     def cosine_threshold(self, width: int) -> float:
         """The cosine below which a noise direction counts as free of meaning, for width D."""
@@ -106,11 +121,18 @@ def _center(clean: torch.Tensor, noise: torch.Tensor, center: Centering) -> tupl
 
 
 def noise_basis(clean: torch.Tensor, noise: torch.Tensor, options: BasisOptions) -> LayerBasis:
-    """Noise directions of one layer that carry no meaning: ``Q_l`` of the paper."""
+    """Noise directions of one layer: ``Q_l`` of the paper, or one of the alternatives of ``options.method``.
+
+    For ``paired``, ``noise`` holds the differences (noisy mix minus clean) of the same clips.
+    """
     if clean.ndim != 2 or noise.ndim != 2 or clean.shape[1] != noise.shape[1]:
         raise ValueError(f"expected (n, D) clean and noise rows of one width, got {clean.shape} and {noise.shape}")
     if clean.shape[0] == 0 or noise.shape[0] == 0:
         raise ValueError("noise_basis needs at least one clean and one noise row")
+    if options.method == "contrastive":
+        return _contrastive_basis(clean.double(), noise.double(), options)
+    if options.method == "paired":
+        return _paired_basis(clean.double(), noise.double(), options)
     clean, noise = _center(clean.double(), noise.double(), options.center)
     semantic, _ = principal_directions(clean, options.alpha)
     noise_dirs, _ = principal_directions(noise, options.alpha)
@@ -128,6 +150,45 @@ def noise_basis(clean: torch.Tensor, noise: torch.Tensor, options: BasisOptions)
         noise_rank=int(noise_dirs.shape[1]),
         max_cosines=max_cosines.float(),
     )
+
+
+def _capped(directions: torch.Tensor, options: BasisOptions) -> torch.Tensor:
+    if options.max_directions is not None:
+        directions = directions[:, : options.max_directions]
+    return directions
+
+
+def _contrastive_basis(clean: torch.Tensor, noise: torch.Tensor, options: BasisOptions) -> LayerBasis:
+    """Top generalized eigenvectors of (noise covariance, regularized clean covariance), orthonormalized.
+
+    Whitening by the clean covariance turns the generalized problem into an ordinary symmetric one;
+    the eigenvectors are then mapped back and made orthonormal (QR keeps their order), since SEE and
+    SEEN need an orthonormal basis.
+    """
+    width = clean.shape[1]
+    clean_cov = torch.cov(clean.T, correction=0) if clean.shape[0] > 1 else torch.zeros(width, width, dtype=clean.dtype)
+    noise_cov = torch.cov(noise.T, correction=0) if noise.shape[0] > 1 else torch.zeros(width, width, dtype=noise.dtype)
+    # The noise set's mean offset from clean speech is itself a noise direction: include it as variance.
+    shift = (noise.mean(0) - clean.mean(0))[:, None]
+    noise_cov = noise_cov + shift @ shift.T
+    floor = options.regularization * max(float(torch.trace(clean_cov)) / width, 1e-12)
+    values, vectors = torch.linalg.eigh(clean_cov + floor * torch.eye(width, dtype=clean.dtype))
+    whiten = vectors / values.sqrt()[None, :]
+    ratios, rotated = torch.linalg.eigh(whiten.T @ noise_cov @ whiten)
+    order = torch.argsort(ratios, descending=True)
+    ratios, directions = ratios[order], whiten @ rotated[:, order]
+    directions = _capped(directions[:, ratios > 1.0], options)
+    basis = torch.linalg.qr(directions)[0] if directions.shape[1] else directions
+    return LayerBasis(basis.float().contiguous(), 0, int((ratios > 1.0).sum()), torch.zeros(basis.shape[1]))
+
+
+def _paired_basis(clean: torch.Tensor, differences: torch.Tensor, options: BasisOptions) -> LayerBasis:
+    """Principal directions (uncentered: the mean shift counts) of what noise did to the same clips."""
+    directions, _ = principal_directions(differences, options.alpha)
+    directions = _capped(directions, options)
+    semantic, _ = principal_directions(clean, options.alpha)
+    cosines = (directions.T @ semantic).abs().amax(dim=1) if semantic.shape[1] else torch.zeros(directions.shape[1])
+    return LayerBasis(directions.float().contiguous(), int(semantic.shape[1]), directions.shape[1], cosines.float())
 
 
 def localize(clean: list[torch.Tensor], noise: list[torch.Tensor], layers: list[int]) -> list[LayerProfile]:

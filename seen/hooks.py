@@ -26,8 +26,17 @@ class SiteKind(StrEnum):
 
     ENCODER_FFN = "encoder_ffn"
     """The FFN activation (after fc1 and its nonlinearity) of each audio-encoder layer: the paper's site."""
+    ENCODER_ATTENTION = "encoder_attention"
+    """The self-attention output of each audio-encoder layer, before it is added to the residual stream."""
+    ENCODER_RESIDUAL = "encoder_residual"
+    """The output of each audio-encoder layer: the residual stream the next layer reads."""
     DECODER_HIDDEN = "decoder_hidden"
     """The output hidden states of each LLM decoder layer, at the audio-token positions of the prompt."""
+
+    @property
+    def in_encoder(self) -> bool:
+        """Encoder sites see the encoder's frames (one layout per batch) and need only the encoder to run."""
+        return self is not SiteKind.DECODER_HIDDEN
 
 
 class ForwardStopped(Exception):

@@ -52,7 +52,7 @@ class Scorer:
 
 def site_batch(lm: AudioLM, clips: Sequence[Clip], site: SiteKind) -> ModelBatch:
     """Inputs for reaching a site: features alone for the encoder, a one-clip prompt each for the decoder."""
-    if site is SiteKind.ENCODER_FFN:
+    if site.in_encoder:
         batch = lm.encoder_batch(clips)
     else:
         message = {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": CALIBRATION_PROMPT}]}

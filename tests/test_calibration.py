@@ -155,3 +155,21 @@ def test_calibration_on_real_speech(model_dirs: dict[str, Path], tmp_path: Path)
     stats = bundle.profiles["babble"]
     assert stats.see_clean is not None and stats.see_clean.count == len(clean.clips)
     assert bundle.calibration["clean"]["fingerprint"] == clean.fingerprint
+
+
+@pytest.mark.parametrize("method", ["contrastive", "paired"])
+@pytest.mark.parametrize("site", [SiteKind.ENCODER_RESIDUAL, SiteKind.ENCODER_ATTENTION])
+def test_other_basis_methods_and_encoder_sites_calibrate_and_serve_through_the_patch(
+    model_dirs: dict[str, Path], tmp_path: Path, method: str, site: SiteKind
+) -> None:
+    lm = load_audio_lm(str(model_dirs["qwen2_audio"]))
+    clean = ClipSet("clean", [speechlike(1.5 + 0.1 * i, seed=i) for i in range(6)])
+    noise = ClipSet("white", [0.1 * generate_noise("white", 24000, 16000, seed=i) for i in range(6)])
+    options = BasisOptions(method=method, max_directions=2)  # type: ignore[arg-type]
+    bundle = calibrate(lm, clean, [noise], CalibrationConfig(site=site, basis=options, layers=[0, 1])).bundle
+    loaded = NoiseBundle.load(bundle.save(tmp_path / "bundle"))
+    assert loaded.site is site and loaded.calibration["options"]["method"] == method
+    assert all(0 < k <= 2 for k in loaded.profiles["white"].ranks)
+    assert loaded.paths[0].endswith("self_attn" if site is SiteKind.ENCODER_ATTENTION else "layers.0")
+    report = Scorer(lm, loaded).score([speechlike(1.0, 9), 0.2 * generate_noise("white", 16000, 16000, seed=50)])
+    assert bool((report.see >= 0).all() and (report.see <= 1).all())

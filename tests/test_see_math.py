@@ -123,3 +123,49 @@ def test_pooling_ignores_padding_frames() -> None:
     assert pool_rows_by_clip(rows, layout).tolist() == [[2.0, -2.0], [4.0, -4.0]]
     packed = FrameLayout.packed(torch.tensor([1, 2]))
     assert packed.frame_clip.tolist() == [0, 1, 1]
+
+
+# -- the alternative basis builders ---------------------------------------------------------------------
+
+
+def _rows_with_extra_variance(direction: torch.Tensor, n: int, seed: int, scale: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, direction.numel(), generator=generator, dtype=torch.float64)
+    return base + scale * torch.randn(n, 1, generator=generator, dtype=torch.float64) * direction[None, :]
+
+
+def test_contrastive_basis_finds_the_direction_only_noise_varies_along() -> None:
+    from seen.basis import BasisOptions, noise_basis
+
+    width = 32
+    direction = torch.zeros(width, dtype=torch.float64)
+    direction[7] = 1.0
+    clean = _rows_with_extra_variance(direction, 2000, 1, 0.0)
+    noise = _rows_with_extra_variance(direction, 2000, 2, 6.0)
+    layer = noise_basis(clean, noise, BasisOptions(method="contrastive", max_directions=2))
+    assert layer.k == 2
+    torch.testing.assert_close(layer.basis.T @ layer.basis, torch.eye(2), atol=1e-5, rtol=0)
+    assert abs(float(layer.basis[:, 0].double() @ direction)) > 0.95
+    # the same distribution on both sides: no direction has clearly more noise than clean variance
+    same = noise_basis(clean, _rows_with_extra_variance(direction, 2000, 3, 0.0), BasisOptions(method="contrastive"))
+    assert same.noise_rank < width // 2
+
+
+def test_paired_basis_is_the_principal_change_noise_makes() -> None:
+    from seen.basis import BasisOptions, noise_basis
+
+    width = 16
+    direction = torch.zeros(width, dtype=torch.float64)
+    direction[3], direction[4] = 0.6, 0.8
+    generator = torch.Generator().manual_seed(4)
+    clean = torch.randn(40, width, generator=generator, dtype=torch.float64)
+    differences = 2.0 * direction[None, :] + 0.05 * torch.randn(40, width, generator=generator, dtype=torch.float64)
+    layer = noise_basis(clean, differences, BasisOptions(method="paired", max_directions=1))
+    assert layer.k == 1 and abs(float(layer.basis[:, 0].double() @ direction)) > 0.99
+
+
+def test_unknown_basis_method_is_refused() -> None:
+    from seen.basis import BasisOptions
+
+    with pytest.raises(ValueError, match="unknown basis method 'lda'"):
+        BasisOptions(method="lda")  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ class ModelBatch:
     speech: SpeechTask | None = None
 
     def layout(self, site: SiteKind) -> FrameLayout:
-        if site is SiteKind.ENCODER_FFN:
+        if site.in_encoder:
             return self.encoder_layout
         if self.decoder_layout is None:
             raise ValueError("this batch has no prompt, so decoder sites have no audio positions")
@@ -107,17 +107,23 @@ class AudioLM:
         return self.encoder_layers_path.rsplit(".", 1)[0]
 
     def layer_count(self, site: SiteKind) -> int:
-        path = self.encoder_layers_path if site is SiteKind.ENCODER_FFN else self.decoder_layers_path
+        path = self.encoder_layers_path if site.in_encoder else self.decoder_layers_path
         return len(self.model.get_submodule(path))
 
     def site_path(self, site: SiteKind, layer: int) -> str:
         if site is SiteKind.ENCODER_FFN:
             return f"{self.encoder_layers_path}.{layer}.activation_fn"
+        if site is SiteKind.ENCODER_ATTENTION:
+            return f"{self.encoder_layers_path}.{layer}.self_attn"
+        if site is SiteKind.ENCODER_RESIDUAL:
+            return f"{self.encoder_layers_path}.{layer}"
         return f"{self.decoder_layers_path}.{layer}"
 
     def site_width(self, site: SiteKind) -> int:
         if site is SiteKind.ENCODER_FFN:
             return int(self.audio_config.encoder_ffn_dim)
+        if site.in_encoder:
+            return int(self.audio_config.d_model)
         return int(self.text_config.hidden_size)
 
     @property
@@ -177,7 +183,7 @@ class AudioLM:
 
     def run_to_site(self, batch: ModelBatch, site: SiteKind) -> None:
         """Run as far as the given site kind needs: the encoder alone, or the prompt's prefill."""
-        if site is SiteKind.ENCODER_FFN:
+        if site.in_encoder:
             self.run_encoder(batch)
         else:
             self.model(**batch.inputs, use_cache=False)

@@ -64,10 +64,10 @@ class Whisper(AudioLM):
         return ModelIdentity(self.architecture, fingerprint, self.source)
 
     def check_site(self, site: SiteKind) -> None:
-        if site is not SiteKind.ENCODER_FFN:
+        if not site.in_encoder:
             raise ValueError(
                 f"Whisper has no audio positions in its decoder, so the {site.value} site does not apply; "
-                f"use {SiteKind.ENCODER_FFN.value}"
+                "use an encoder site"
             )
 
     def site_path(self, site: SiteKind, layer: int) -> str:

@@ -108,7 +108,7 @@ class ModelBackend:
         if not clips:
             raise ValueError("scoring needs audio: none of the requests has any")
         # The encoder site needs the features alone; a decoder site needs the request's own prompt.
-        encoder_site = self.bundle.site is SiteKind.ENCODER_FFN
+        encoder_site = self.bundle.site.in_encoder
         batch = self.scorer.batch(clips) if encoder_site else self._chat_batch(jobs, clips)
         report, encoder_seconds = self._score_pass(batch)
         timing = Timing(encoder_seconds, 0.0, len(jobs))
