@@ -17,7 +17,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from seen.adapters import AudioLM, Clip, Message, ModelBatch
 from seen.bundle import NoiseBundle
-from seen.hooks import SiteKind
 from seen.patch import SeeReport
 from seen.scoring import Scorer
 from service.engine.clock import EncoderClock
