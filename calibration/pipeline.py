@@ -51,10 +51,6 @@ class CalibrationResult:
     localization: list[LayerProfile]
     layer_bases: dict[str, list[LayerBasis]]
 
-    @property
-    def empty_profiles(self) -> list[str]:
-        return [name for name, bases in self.layer_bases.items() if all(basis.k == 0 for basis in bases)]
-
 
 @torch.inference_mode()
 def record_pooled(
@@ -80,14 +76,24 @@ def _interleave(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([rows[set_index][index] for index, set_index in order])
 
 
-def calibrate(
-    lm: AudioLM,
-    clean: ClipSet,
-    noises: Sequence[ClipSet],
-    config: CalibrationConfig,
-    progress: Progress = lambda _: None,
-) -> CalibrationResult:
-    """Build the bundle; ``progress`` is told how many clips each step has just processed."""
+@dataclass(frozen=True)
+class CalibrationRows:
+    """Pooled activations of the calibration sets at every candidate layer of one site kind.
+
+    Recording is the expensive part of a calibration; bases for any options and layers are cheap to build
+    from these rows, so a sweep records each site once and builds many bundles from it.
+    """
+
+    site: SiteKind
+    candidates: list[int]
+    paths: list[str]
+    clean: list[torch.Tensor]
+    noise: dict[str, list[torch.Tensor]]
+    paired: dict[str, list[torch.Tensor]] | None = None
+    """(noisy mix - clean) rows per noise set, when recorded (the ``paired`` basis method needs them)."""
+
+
+def _check_sets(clean: ClipSet, noises: Sequence[ClipSet]) -> None:
     if not clean.clips:
         raise ValueError("the clean set is empty: calibration needs clean speech clips")
     for noise in noises:
@@ -97,6 +103,18 @@ def calibrate(
     if not noises or len(set(names)) != len(names) or MERGED_PROFILE in names:
         raise ValueError(f"need one or more noise sets with distinct names other than {MERGED_PROFILE!r}: {names}")
 
+
+def record_rows(
+    lm: AudioLM,
+    clean: ClipSet,
+    noises: Sequence[ClipSet],
+    config: CalibrationConfig,
+    progress: Progress = lambda _: None,
+    *,
+    paired: bool | None = None,
+) -> CalibrationRows:
+    """Record the clean and noise sets (and, for the paired method, their mixes) at the candidate layers."""
+    _check_sets(clean, noises)
     site = config.site
     count = lm.layer_count(site)
     candidates = list(range(count))
@@ -106,17 +124,51 @@ def calibrate(
             raise ValueError(f"layers {config.layers} must be a non-empty subset of 0..{count - 1}")
         candidates = sorted(set(config.layers))
     paths = [lm.site_path(site, layer) for layer in candidates]
-
     clean_rows = record_pooled(lm, clean.clips, paths, site, config.batch_size, progress)
     noise_rows = {n.name: record_pooled(lm, n.clips, paths, site, config.batch_size, progress) for n in noises}
-    merged_rows = [_interleave([noise_rows[name][i] for name in names]) for i in range(len(paths))]
+    paired_rows = None
+    if paired if paired is not None else config.basis.method == "paired":
+        paired_rows = {n.name: _paired_differences(lm, clean, n, clean_rows, paths, config, progress) for n in noises}
+    return CalibrationRows(site, candidates, paths, clean_rows, noise_rows, paired_rows)
+
+
+def calibrate(
+    lm: AudioLM,
+    clean: ClipSet,
+    noises: Sequence[ClipSet],
+    config: CalibrationConfig,
+    progress: Progress = lambda _: None,
+) -> CalibrationResult:
+    """Build the bundle; ``progress`` is told how many clips each step has just processed."""
+    rows = record_rows(lm, clean, noises, config, progress)
+    return calibrate_from_rows(lm, rows, clean, noises, config, progress)
+
+
+def calibrate_from_rows(
+    lm: AudioLM,
+    rows: CalibrationRows,
+    clean: ClipSet,
+    noises: Sequence[ClipSet],
+    config: CalibrationConfig,
+    progress: Progress = lambda _: None,
+) -> CalibrationResult:
+    """Localize (or take ``config.layers``, a subset of the recorded candidates), build bases, measure SEE."""
+    names = [noise.name for noise in noises]
+    if config.site is not rows.site:
+        raise ValueError(f"rows were recorded at {rows.site.value}, not {config.site.value}")
+    if config.layers is not None and not set(config.layers) <= set(rows.candidates):
+        raise ValueError(f"layers {config.layers} were not all recorded (recorded: {rows.candidates})")
+    if config.basis.method == "paired" and rows.paired is None:
+        raise ValueError("the paired basis method needs rows recorded with their paired mixes")
+    wanted = rows.candidates if config.layers is None else sorted(set(config.layers))
+    index = [rows.candidates.index(layer) for layer in wanted]
+    candidates, paths = wanted, [rows.paths[i] for i in index]
+    clean_rows = [rows.clean[i] for i in index]
+    merged_rows = [_interleave([rows.noise[name][i] for name in names]) for i in index]
     # The paired basis learns from what each noise does to the same clean clips: (mix - clean) rows.
-    basis_rows = (
-        {n.name: _paired_differences(lm, clean, n, clean_rows, paths, config, progress) for n in noises}
-        if config.basis.method == "paired"
-        else noise_rows
-    )
-    basis_merged = [_interleave([basis_rows[name][i] for name in names]) for i in range(len(paths))]
+    source = rows.paired if config.basis.method == "paired" and rows.paired is not None else rows.noise
+    basis_rows = {name: [source[name][i] for i in index] for name in names}
+    basis_merged = [_interleave([basis_rows[name][j] for name in names]) for j in range(len(index))]
 
     if config.layers is None:
         localization = localize(clean_rows, merged_rows, candidates)
@@ -125,12 +177,12 @@ def calibrate(
     selected = [i for i, profile in enumerate(localization) if profile.selected]
 
     layer_bases = {
-        name: [noise_basis(clean_rows[i], rows[i], config.basis) for i in selected]
-        for name, rows in [*basis_rows.items(), (MERGED_PROFILE, basis_merged)]
+        name: [noise_basis(clean_rows[i], rows_[i], config.basis) for i in selected]
+        for name, rows_ in [*basis_rows.items(), (MERGED_PROFILE, basis_merged)]
     }
     bundle = NoiseBundle(
         model=lm.identity(),
-        site=site,
+        site=config.site,
         layers=[candidates[i] for i in selected],
         paths=[paths[i] for i in selected],
         profiles={

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import calibrate, convert, evaluate, noise, score, serve
+from cli import calibrate, convert, evaluate, noise, score, serve, sweep
 from seen import __version__
 
-COMMANDS = (convert, calibrate, score, noise, serve, evaluate)
+COMMANDS = (convert, calibrate, score, noise, serve, evaluate, sweep)
 EXPECTED_ERRORS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError)
 
 
