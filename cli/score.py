@@ -1,10 +1,15 @@
-"""``seen score``: SEE of audio files against a bundle, as a table or JSON."""
+"""``seen score``: the noise report of audio files against a bundle, as a table or JSON.
+
+Each file gets the report ``POST /v1/see`` gives for the same audio and bundle (the one policy in
+:mod:`seen.policy` fills both), under the bundle's default profile and lambda unless told otherwise.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ from rich.table import Table
 from cli.options import add_model_options, load_model
 from seen.audio import AudioError, load_audio_file
 from seen.bundle import NoiseBundle
+from seen.policy import Control, NoiseAssessment, NoisePolicy
 from seen.scoring import Scorer
 
 
@@ -21,6 +27,7 @@ def register(commands: Any) -> None:
     parser = commands.add_parser("score", help="SEE of audio files (no generation)")
     add_model_options(parser)
     parser.add_argument("--bundle", required=True, type=Path, help="noise-basis bundle folder")
+    parser.add_argument("--profile", help="bundle profile, or auto for the dominant one (default: the bundle's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -29,6 +36,9 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     bundle = NoiseBundle.load(args.bundle)
+    policy = NoisePolicy(bundle)
+    control = Control(enabled=True, strength=bundle.default_strength, profile=args.profile or bundle.default_profile)
+    policy.check_profile(control.profile)
     lm = load_model(args)
     scorer = Scorer(lm, bundle)
     clips, paths, failures = [], [], []
@@ -38,25 +48,13 @@ def run(args: argparse.Namespace) -> int:
             paths.append(path)
         except (AudioError, FileNotFoundError) as error:
             failures.append((path, str(error)))
-    rows = []
+    rows: list[tuple[Path, NoiseAssessment]] = []
     if clips:
         report = scorer.score(clips, args.batch_size)
-        default = report.profiles.index(bundle.default_profile)
-        for index, path in enumerate(paths):
-            per_profile = {name: float(report.see[index, p]) for p, name in enumerate(report.profiles)}
-            rows.append(
-                {
-                    "path": str(path),
-                    "see": per_profile[bundle.default_profile],
-                    "profile": bundle.default_profile,
-                    "dominant_noise": max(per_profile, key=lambda name: per_profile[name]),
-                    "see_by_profile": per_profile,
-                    "see_by_layer": dict(zip(bundle.layers, report.per_layer[index, :, default].tolist(), strict=True)),
-                }
-            )
+        rows = [(path, policy.assess_scored(report, [index], control)) for index, path in enumerate(paths)]
     if args.json:
-        for row in rows:
-            print(json.dumps(row))
+        for path, assessment in rows:
+            print(json.dumps({"path": str(path), **asdict(assessment)}))
         for path, message in failures:
             print(json.dumps({"path": str(path), "error": message}))
     else:
@@ -64,12 +62,13 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _print_table(rows: list[dict[str, Any]], failures: list[tuple[Path, str]]) -> None:
+def _print_table(rows: list[tuple[Path, NoiseAssessment]], failures: list[tuple[Path, str]]) -> None:
     table = Table(title="SEE per file")
-    for column in ("file", "SEE", "profile", "dominant noise"):
+    for column in ("file", "SEE", "profile", "noisy", "dominant noise"):
         table.add_column(column, justify="right" if column == "SEE" else "left")
-    for row in rows:
-        table.add_row(row["path"], f"{row['see']:.4f}", row["profile"], row["dominant_noise"])
+    for path, assessment in rows:
+        noisy = "-" if assessment.noisy is None else ("yes" if assessment.noisy else "no")
+        table.add_row(str(path), f"{assessment.see:.4f}", assessment.profile, noisy, assessment.dominant_noise or "-")
     Console().print(table)
     for path, message in failures:
         print(f"{path}: error: {message}", file=sys.stderr)

@@ -31,8 +31,8 @@ from seen.adapters import AudioLM
 from seen.audio import split_into_windows
 from seen.bundle import NoiseBundle
 from seen.noise import achieved_snr_db, mix_components
+from seen.policy import Control, NoisePolicy
 from service.engine.protocol import GenerateJob, Sampling
-from service.engine.report import Control, NoisePolicy
 from service.engine.runner import ModelBackend
 
 SEEN_PREFIX = "seen-"

@@ -23,10 +23,10 @@ from seen import __version__
 from seen.adapters import load_audio_lm
 from seen.bundle import NoiseBundle
 from seen.noise import generate_noise
+from seen.policy import Control, NoisePolicy
 from service.config import Settings
 from service.engine.engine import Engine
 from service.engine.protocol import GenerateJob, Sampling, ScoreJob
-from service.engine.report import Control, NoisePolicy
 from service.engine.runner import ModelBackend
 from service.errors import install_error_handlers
 from service.inputs import AudioLimits

@@ -8,9 +8,40 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.engine.report import NoiseReport
-
 MAX_STOP_SEQUENCES = 4
+
+
+class LayerSee(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    layer: int = Field(description="Index of the critical layer in the model.")
+    see: float = Field(description="SEE entering the layer, for the applied profile.")
+    residual_see: float | None = Field(description="SEE left after the layer's neutralization (null: not run).")
+
+
+class NoiseReport(BaseModel):
+    """What the service measured about the noise in one request's audio.
+
+    The wire form of :class:`seen.policy.NoiseAssessment` (validated from its attributes): the rules that
+    fill it live in the core, this is only its schema.
+    """
+
+    model_config = ConfigDict(from_attributes=True)
+
+    see: float = Field(description="Signal Embedding Energy of the input for the applied profile, in [0, 1].")
+    residual_see: float | None = Field(
+        description="SEE left after neutralization, averaged over the critical layers; null when only scored."
+    )
+    see_method: str = Field(description="'exact' (the paper's definition) or 'inline' (measured during SEEN).")
+    see_by_profile: dict[str, float] = Field(description="SEE of the input under every profile of the bundle.")
+    per_layer: list[LayerSee]
+    profile: str = Field(description="Noise profile the audio was neutralized with.")
+    enabled: bool = Field(description="Whether SEEN was applied.")
+    strength: float = Field(description="Lambda applied (after adaptive scaling).")
+    noisy: bool | None = Field(description="SEE above the noisy threshold; null when the bundle gives none.")
+    threshold: float | None = Field(description="The noisy threshold used for this profile.")
+    dominant_noise: str | None = Field(description="Profile with the highest SEE when the bundle has several.")
+    clips: int = Field(description="Audio parts (or window-long chunks) the values are averaged over.")
 
 
 class SeenOptions(BaseModel):

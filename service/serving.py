@@ -17,10 +17,10 @@ import httpx
 
 from seen.adapters import SpeechTask
 from seen.bundle import NoiseBundle
+from seen.policy import Control, NoisePolicy
 from service.config import Settings
 from service.engine.engine import Engine, EngineStopped, QueueFull
 from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome
-from service.engine.report import Control, NoisePolicy
 from service.errors import ApiError
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics

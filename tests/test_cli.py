@@ -112,3 +112,47 @@ def test_the_cli_and_the_service_start_without_the_eval_extra() -> None:
     code = f"import sys; {blocked}; from cli.main import main; sys.exit(main({argv!r}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert result.returncode == 2 and "pip install 'seen[eval]'" in result.stderr, result.stderr
+
+
+@pytest.mark.anyio
+async def test_score_and_the_see_endpoint_give_the_same_report(
+    workspace: dict[str, Path], service_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One policy fills both: every field agrees, and the dominant noise is a noise type, never 'merged'."""
+    import base64
+
+    from tests.service_helpers import MODEL_NAME, serving
+
+    noisy = workspace["root"] / "white" / "white_0000.wav"
+    clean = workspace["clean"] / "speech_1.wav"
+    capsys.readouterr()
+    args = ["score", "--model", str(workspace["model"]), "--bundle", str(service_bundle), "--json"]
+    assert main([*args, str(clean), str(noisy)]) == 0
+    offline = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    async with serving(workspace["model"], service_bundle) as client:
+        online = []
+        for path in (clean, noisy):
+            part = {
+                "type": "input_audio",
+                "input_audio": {"data": base64.b64encode(path.read_bytes()).decode(), "format": "wav"},
+            }
+            body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": [part]}]}
+            response = await client.post("/v1/see", json=body)
+            assert response.status_code == 200, response.text
+            online.append(response.json()["noise_report"])
+    for row, report in zip(offline, online, strict=True):
+        row.pop("path")
+        assert set(row) == set(report)
+        for key, value in report.items():
+            if isinstance(value, float):
+                assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+            elif key == "see_by_profile":
+                assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7)
+            elif key == "per_layer":
+                assert [(r["layer"], r["residual_see"]) for r in row[key]] == [
+                    (r["layer"], r["residual_see"]) for r in value
+                ]
+                assert [r["see"] for r in row[key]] == pytest.approx([r["see"] for r in value], rel=1e-5, abs=1e-7)
+            else:
+                assert row[key] == value, key
+        assert row["dominant_noise"] in ("white", "babble")

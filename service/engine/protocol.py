@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from seen.adapters import Clip, Message, SpeechTask
-from service.engine.report import Control, NoiseReport
+from seen.policy import Control, NoiseAssessment
 
 TokenSink = Callable[[list[int]], None]
 """Receives a streamed request's new token ids as they are generated (called from the device thread)."""
@@ -59,7 +59,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class ScoreOutcome:
-    report: NoiseReport | None
+    report: NoiseAssessment | None
     timing: Timing
 
 
@@ -69,7 +69,7 @@ class GenerateOutcome:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
-    report: NoiseReport | None
+    report: NoiseAssessment | None
     timing: Timing
 
 

@@ -18,10 +18,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from seen.adapters import AudioLM, Clip, Message, ModelBatch
 from seen.bundle import NoiseBundle
 from seen.patch import SeeReport
+from seen.policy import AUTO_PROFILE, NoisePolicy
 from seen.scoring import Scorer
 from service.engine.clock import EncoderClock
 from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
-from service.engine.report import AUTO_PROFILE, NoisePolicy
 from service.engine.streaming import BatchStreamer
 
 
@@ -116,13 +116,7 @@ class ModelBackend:
             if not job_rows:
                 outcomes.append(ScoreOutcome(None, timing))
                 continue
-            see = report.see[job_rows].mean(dim=0)
-            profile = self.policy.profile_index(job.control, see)
-            strength = self.policy.strength(job.control, profile, float(see[profile]))
-            noise = self.policy.report(
-                report, None, job_rows, profile=profile, control=job.control, strength=strength, method="exact"
-            )
-            outcomes.append(ScoreOutcome(noise, timing))
+            outcomes.append(ScoreOutcome(self.policy.assess_scored(report, job_rows, job.control), timing))
         return outcomes
 
     # -- generate -----------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ class ModelBackend:
             text, finish, count = self._finish(tokens[index].tolist(), job.sampling.max_tokens, job.sampling.stop)
             noise = None
             if rows[index] and inline is not None:
-                noise = self.policy.report(
+                noise = self.policy.assess(
                     exact or inline,
                     inline,
                     rows[index],

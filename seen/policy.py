@@ -1,8 +1,11 @@
-"""From per-clip SEE tensors to a request's noise report, and the bundle-derived policy around it.
+"""The SEE policy: every rule that decides what a request's noise report says.
 
-The policy decides what the calibration statistics imply for serving: above which SEE a request
-is flagged noisy, how adaptive mode ramps lambda between the clean and the noisy range, and which
-profile is dominant.
+From per-clip SEE (a :class:`seen.patch.SeeReport`) and the bundle's calibration statistics, the
+policy decides above which SEE a request is flagged noisy (:func:`derived_threshold`), how adaptive
+mode ramps lambda between the clean and the noisy range, which profile a request is neutralized with
+(``auto``: the dominant one), which noise type is dominant, and how a request's clips and layers are
+averaged (:meth:`NoisePolicy.assess`). The service, ``seen score``, calibration and the evaluation all
+use it, so offline and online give the same report for the same audio.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, Field
 
 from seen.bundle import MERGED_PROFILE, NoiseBundle, NoiseProfile
 from seen.patch import SeeReport
@@ -20,29 +22,47 @@ AUTO_PROFILE = "auto"
 """Request value for ``seen.profile`` that neutralizes with the dominant noise profile of each request."""
 
 
-class LayerSee(BaseModel):
-    layer: int = Field(description="Index of the critical layer in the model.")
-    see: float = Field(description="SEE entering the layer, for the applied profile.")
-    residual_see: float | None = Field(description="SEE left after the layer's neutralization (null: not run).")
+@dataclass(frozen=True)
+class LayerAssessment:
+    layer: int
+    """Index of the critical layer in the model."""
+    see: float
+    """SEE entering the layer, for the applied profile."""
+    residual_see: float | None
+    """SEE left after the layer's neutralization (None: not run)."""
 
 
-class NoiseReport(BaseModel):
-    """What the service measured about the noise in one request's audio."""
+@dataclass(frozen=True)
+class NoiseAssessment:
+    """What was measured about the noise in one request's audio, and what the policy concludes from it.
 
-    see: float = Field(description="Signal Embedding Energy of the input for the applied profile, in [0, 1].")
-    residual_see: float | None = Field(
-        description="SEE left after neutralization, averaged over the critical layers; null when only scored."
-    )
-    see_method: str = Field(description="'exact' (the paper's definition) or 'inline' (measured during SEEN).")
-    see_by_profile: dict[str, float] = Field(description="SEE of the input under every profile of the bundle.")
-    per_layer: list[LayerSee]
-    profile: str = Field(description="Noise profile the audio was neutralized with.")
-    enabled: bool = Field(description="Whether SEEN was applied.")
-    strength: float = Field(description="Lambda applied (after adaptive scaling).")
-    noisy: bool | None = Field(description="SEE above the noisy threshold; null when the bundle gives none.")
-    threshold: float | None = Field(description="The noisy threshold used for this profile.")
-    dominant_noise: str | None = Field(description="Profile with the highest SEE when the bundle has several.")
-    clips: int = Field(description="Audio parts (or window-long chunks) the values are averaged over.")
+    The service returns it as the ``noise_report`` of every answer; ``seen score`` prints it; the
+    evaluation records it. Every field is decided here and nowhere else.
+    """
+
+    see: float
+    """Signal Embedding Energy of the input for the applied profile, in [0, 1]."""
+    residual_see: float | None
+    """SEE left after neutralization, averaged over the critical layers; None when only scored."""
+    see_method: str
+    """'exact' (the paper's definition) or 'inline' (measured during SEEN)."""
+    see_by_profile: dict[str, float]
+    """SEE of the input under every profile of the bundle."""
+    per_layer: list[LayerAssessment]
+    profile: str
+    """Noise profile the audio was (or would be) neutralized with."""
+    enabled: bool
+    """Whether SEEN was applied."""
+    strength: float
+    """Lambda applied (after adaptive scaling)."""
+    noisy: bool | None
+    """SEE above the noisy threshold; None when the bundle gives none."""
+    threshold: float | None
+    """The noisy threshold used for this profile."""
+    dominant_noise: str | None
+    """Profile with the highest SEE among the specific noise types, when the bundle has several profiles."""
+    clips: int
+    """Audio parts (or window-long chunks) the values are averaged over."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +136,15 @@ class NoisePolicy:
         low, high = self._ramps[self.profiles[profile]]
         return control.strength * min(1.0, max(0.0, (see - low) / (high - low)))
 
-    def report(
+    def assess_scored(self, see: SeeReport, clips: Sequence[int], control: Control) -> NoiseAssessment:
+        """The report of a score-only pass: the profile and lambda the request would be neutralized with."""
+        rows = torch.tensor(list(clips), dtype=torch.long)
+        by_profile = see.see[rows].mean(dim=0)
+        profile = self.profile_index(control, by_profile)
+        strength = self.strength(control, profile, float(by_profile[profile]))
+        return self.assess(see, None, clips, profile=profile, control=control, strength=strength, method="exact")
+
+    def assess(
         self,
         see: SeeReport,
         residual: SeeReport | None,
@@ -126,7 +154,7 @@ class NoisePolicy:
         control: Control,
         strength: float,
         method: str,
-    ) -> NoiseReport:
+    ) -> NoiseAssessment:
         """Average one request's clips (rows ``clips`` of the reports) into its noise report.
 
         ``residual`` is the SEEN pass; without one (score only) the residual fields are null.
@@ -142,13 +170,13 @@ class NoisePolicy:
         value = float(by_profile[profile])
         name = self.profiles[profile]
         threshold = self.thresholds[name]
-        return NoiseReport(
+        return NoiseAssessment(
             see=value,
             residual_see=residual_mean,
             see_method=method,
             see_by_profile={p: float(v) for p, v in zip(self.profiles, by_profile.tolist(), strict=True)},
             per_layer=[
-                LayerSee(layer=layer, see=float(s), residual_see=r)
+                LayerAssessment(layer=layer, see=float(s), residual_see=r)
                 for layer, s, r in zip(self.layers, per_layer[:, profile].tolist(), residual_layers, strict=True)
             ],
             profile=name,
