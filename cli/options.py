@@ -9,9 +9,12 @@ from seen.adapters import AudioLM, load_audio_lm
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--model", required=required, help="model folder or hub id")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument(
-        "--dtype", default="float32", help="float32, bfloat16, float16 or auto (the checkpoint's) (default: float32)"
+        "--dtype",
+        default="float32",
+        help="float32, bfloat16, float16, auto (bfloat16 on a GPU, else float32) or checkpoint (as stored) "
+        "(default: float32)",
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import types
 import typing
 from typing import Any
@@ -45,11 +44,9 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from service.server import serve  # uvicorn and the app are only imported when serving
 
-    if args.config:
-        os.environ[CONFIG_FILE_VARIABLE] = args.config
     overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
     try:
-        settings = Settings(**overrides)
+        settings = Settings.load(args.config, **overrides)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ValueError(f"invalid settings: {problems}") from error

@@ -54,17 +54,3 @@ def score(answers: Sequence[str], references: Sequence[str]) -> Accuracy:
 def noisy(clips: Sequence[NDArray[np.float32]], kind: str, snr_db: float, seed: int) -> list[NDArray[np.float32]]:
     """Each clip mixed with its own noise of ``kind`` at ``snr_db`` (clip i uses noise seed ``seed + i``)."""
     return [mix_at_snr(clip, generate_noise(kind, clip.size, 16000, seed + i), snr_db) for i, clip in enumerate(clips)]
-
-
-def accuracy_under_noise(
-    lm: AudioLM,
-    clips: Sequence[NDArray[np.float32]],
-    references: Sequence[str],
-    kinds: Sequence[str],
-    snrs_db: Sequence[float] = SNRS_DB,
-    seed: int = 1000,
-) -> dict[str, dict[float, Accuracy]]:
-    """Accuracy per noise kind and SNR, on the same clips as clean."""
-    return {
-        kind: {snr: score(answer(lm, noisy(clips, kind, snr, seed)), references) for snr in snrs_db} for kind in kinds
-    }

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
-import torch
 from fastapi import FastAPI
 
 from seen import __version__
-from seen.adapters import load_audio_lm
+from seen.adapters import load_audio_lm, resolve_device, resolve_dtype
 from seen.bundle import NoiseBundle
 from seen.noise import generate_noise
 from seen.policy import Control, NoisePolicy
@@ -42,18 +41,6 @@ BODY_OVERHEAD = 4 / 3  # base64 inflation of audio inside JSON
 BODY_SLACK_BYTES = 1 << 20
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype
-
-
 def _policy(settings: Settings, bundle: NoiseBundle) -> NoisePolicy:
     policy = NoisePolicy(bundle, noisy_threshold=settings.noisy_threshold, adaptive=settings.adaptive)
     policy.check_profile(settings.default_profile or bundle.default_profile)
@@ -64,7 +51,7 @@ async def load_model(state: ServiceState) -> None:
     """Load, check, patch and warm up; the engine only becomes visible once all of it passed."""
     settings = state.settings
     device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
+    dtype = resolve_dtype(settings.dtype, device)  # the loaders' own meaning of "auto"
     started = time.perf_counter()
     lm = await asyncio.to_thread(load_audio_lm, settings.model, device=device, dtype=dtype)
     backend = ModelBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)

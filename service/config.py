@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     """Name clients pass as ``model`` and the ``model_name`` metric label (default: the model folder's name)."""
     device: str = "auto"
     """Torch device: ``auto`` (the first GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype; ``auto`` is bfloat16 on a GPU and float32 on the CPU."""
+    dtype: Literal["auto", "checkpoint", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; ``auto`` is bfloat16 on a GPU and float32 on the CPU, ``checkpoint`` the stored dtype."""
 
     max_batch_size: int = Field(8, ge=1, le=256)
     """Most requests run together in one forward/generate."""
@@ -135,12 +135,23 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_VARIABLE)
+        config_file = settings_cls.model_config.get("toml_file") or os.environ.get(CONFIG_FILE_VARIABLE)
         if config_file:
-            if not os.path.isfile(config_file):
-                raise FileNotFoundError(f"{CONFIG_FILE_VARIABLE} names {config_file}, which is not a file")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            if not os.path.isfile(str(config_file)):
+                raise FileNotFoundError(f"the settings file {config_file} is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=str(config_file)))
         return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | None = None, **overrides: Any) -> Settings:
+        """Settings from ``overrides``, then the environment, then the TOML file (argument or SEEN_CONFIG_FILE).
+
+        The file is bound to a subclass for this one construction, so nothing global is changed.
+        """
+        if config_file is None:
+            return cls(**overrides)
+        bound = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": config_file}})
+        return bound(**overrides)
 
     @property
     def model_name(self) -> str:

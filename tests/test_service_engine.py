@@ -117,3 +117,31 @@ def test_settings_come_from_the_environment_and_a_toml_file(tmp_path: Path, monk
     monkeypatch.setenv("SEEN_CONFIG_FILE", str(tmp_path / "missing.toml"))
     with pytest.raises(FileNotFoundError, match=r"missing\.toml"):
         Settings()
+
+
+def test_a_settings_file_given_as_an_argument_changes_nothing_global(tmp_path: Path) -> None:
+    import os
+
+    config = tmp_path / "seen.toml"
+    config.write_text('model = "from-file"\nbundle = "bundle-from-file"\nmax_batch_size = 3\n')
+    settings = Settings.load(str(config), port=9001)
+    assert settings.model == "from-file" and settings.max_batch_size == 3 and settings.port == 9001
+    assert isinstance(settings, Settings) and "SEEN_CONFIG_FILE" not in os.environ
+    assert Settings().model != "from-file"  # the next settings object does not see the file
+    with pytest.raises(FileNotFoundError, match=r"missing\.toml is not a file"):
+        Settings.load(str(tmp_path / "missing.toml"))
+
+
+def test_device_and_dtype_have_one_meaning_everywhere() -> None:
+    import torch
+
+    from seen.adapters import resolve_device, resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("auto", "cuda:0") is torch.bfloat16
+    assert resolve_dtype("checkpoint", "cpu") == "auto" and resolve_dtype("float16", "cpu") is torch.float16
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", "cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")

@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from service.engine.protocol import Backend, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
-Outcome = TypeVar("Outcome", ScoreOutcome, GenerateOutcome)
 
 
 class QueueFull(Exception):
@@ -71,10 +70,6 @@ class Engine:
         self._metrics = metrics
         metrics.track_queue(self._queue.qsize, self._queue.maxsize)
 
-    @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
     def start(self) -> None:
         self._accepting = True
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="seen-engine")
@@ -87,10 +82,6 @@ class Engine:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
-
-    async def run_on_device(self, work: Callable[[], Outcome]) -> Outcome:
-        """Run a function on the device thread, outside the queue (loading, warm-up)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def score(self, job: ScoreJob) -> ScoreOutcome:
         outcome: ScoreOutcome = await self._submit(job)
