@@ -145,3 +145,20 @@ def test_device_and_dtype_have_one_meaning_everywhere() -> None:
         resolve_dtype("int8", "cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_incremental_decoding_streams_whole_characters_and_adds_up(model_dirs: dict[str, Path]) -> None:
+    """Byte-level tokens split 'é' and emoji over several ids: no delta carries half a character."""
+    from transformers import AutoTokenizer
+
+    from service.engine.streaming import IncrementalDecoder
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["qwen2_audio"])
+    text = "café, naïve 🚗 déjà vu"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text)  # multi-byte characters take several tokens
+    decoder = IncrementalDecoder(lambda tokens: tokenizer.decode(list(tokens), skip_special_tokens=True))
+    deltas = [decoder.push([token]) for token in ids]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in delta for delta in deltas)
+    assert sum(1 for delta in deltas if delta == "") >= 4  # held back inside multi-byte characters

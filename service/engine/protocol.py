@@ -9,8 +9,8 @@ from typing import Protocol
 from seen.adapters import Clip, Message, SpeechTask
 from seen.policy import Control, NoiseAssessment
 
-TokenSink = Callable[[list[int]], None]
-"""Receives a streamed request's new token ids as they are generated (called from the device thread)."""
+TextSink = Callable[[str], None]
+"""Receives a streamed request's new text as it is generated (called from the device thread)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class GenerateJob(ScoreJob):
     """Neutralize, generate, and report SEE."""
 
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=16))
-    sink: TokenSink | None = None
+    sink: TextSink | None = None
     speech: SpeechTask | None = None
     """The task for speech recognizers (transcription and translation routes); None for chat."""
 
@@ -78,8 +78,6 @@ class Backend(Protocol):
 
     @property
     def model_name(self) -> str: ...
-
-    def decode(self, token_ids: Sequence[int]) -> str: ...
 
     def score(self, jobs: Sequence[ScoreJob]) -> list[ScoreOutcome]: ...
 

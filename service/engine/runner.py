@@ -146,7 +146,7 @@ class ModelBackend:
         limits = [job.sampling.max_tokens for job in jobs]
         kwargs = self._generation_kwargs(jobs, prompt_length, limits)
         if any(job.sink is not None for job in jobs):
-            kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids)
+            kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids, self.decode)
         seed = jobs[0].sampling.seed
         start = time.perf_counter()
         scope = self.patch.scope(layout, clip_strength, clip_profile) if layout is not None else nullcontext()

@@ -94,18 +94,17 @@ def _emittable(text: str, stops: Sequence[str]) -> int:
 async def _stream(state: ServiceState, job: GenerateJob, include_usage: bool) -> StreamingResponse:
     """Server-sent events in OpenAI's chunk shape; errors before the first token keep their status."""
     loop = asyncio.get_running_loop()
-    tokens: asyncio.Queue[list[int] | None] = asyncio.Queue()
+    deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
-    def sink(ids: list[int]) -> None:  # called on the device thread
-        loop.call_soon_threadsafe(tokens.put_nowait, ids)
+    def sink(delta: str) -> None:  # called on the device thread
+        loop.call_soon_threadsafe(deltas.put_nowait, delta)
 
     job.sink = sink
     task = asyncio.create_task(state.generate(job))
-    task.add_done_callback(lambda _: tokens.put_nowait(None))
-    first = await tokens.get()
+    task.add_done_callback(lambda _: deltas.put_nowait(None))
+    first = await deltas.get()
     if first is None and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]  # queue full, timeout...: a proper status, not a 200
-    engine, _ = state.serving()
     stream_id, created = completion_id(), now()
 
     def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
@@ -116,19 +115,18 @@ async def _stream(state: ServiceState, job: GenerateJob, include_usage: bool) ->
         return f"data: {body}\n\n"
 
     async def events() -> AsyncIterator[str]:
-        ids: list[int] = []
+        text = ""
         sent = ""
         item = first
         try:
             yield event(chunk([ChunkChoice(delta=Delta(role="assistant", content=""))]))
             while item is not None:
-                ids += item
-                text = engine.backend.decode(ids)
+                text += item
                 safe = text[: _emittable(text, job.sampling.stop)]
                 if len(safe) > len(sent) and safe.startswith(sent):
                     yield event(chunk([ChunkChoice(delta=Delta(content=safe[len(sent) :]))]))
                     sent = safe
-                item = await tokens.get()
+                item = await deltas.get()
             try:
                 outcome = task.result()
             except ApiError as error:
