@@ -19,7 +19,7 @@ from seen.basis import BasisOptions, LayerBasis, LayerProfile, localize, noise_b
 from seen.bundle import MERGED_PROFILE, NoiseBundle, NoiseProfile, SeeStats
 from seen.hooks import ActivationRecorder, SiteKind
 from seen.noise import mix_components
-from seen.scoring import Scorer, site_batch
+from seen.scoring import PatchedModel, site_batch
 
 Progress = Callable[[int], None]
 
@@ -242,7 +242,7 @@ def _with_statistics(
     progress: Progress,
 ) -> NoiseBundle:
     """Score the calibration sets with the new bases and record their SEE distributions."""
-    scorer = Scorer(lm, bundle)
+    scorer = PatchedModel(lm, bundle)
     profile_index = {name: i for i, name in enumerate(scorer.patch.profiles)}
     clean_see = scorer.score(clean.clips, config.batch_size).see
     progress(len(clean.clips))

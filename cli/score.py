@@ -20,7 +20,7 @@ from cli.options import add_model_options, load_model
 from seen.audio import AudioError, load_audio_file
 from seen.bundle import NoiseBundle
 from seen.policy import Control, NoiseAssessment, NoisePolicy
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 
 
 def register(commands: Any) -> None:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     control = Control(enabled=True, strength=bundle.default_strength, profile=args.profile or bundle.default_profile)
     policy.check_profile(control.profile)
     lm = load_model(args)
-    scorer = Scorer(lm, bundle)
+    scorer = PatchedModel(lm, bundle)
     clips, paths, failures = [], [], []
     for path in args.files:
         try:

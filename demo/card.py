@@ -23,7 +23,7 @@ from demo.evaluate import SNRS_DB, answer, noisy, score
 from seen.adapters import load_audio_lm
 from seen.bundle import NoiseBundle
 from seen.noise import NOISE_TYPES
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 
 CARD_SEED = 7
 
@@ -32,7 +32,7 @@ def measure(model_dir: Path, bundle_dir: Path, clips: int) -> dict[str, Any]:
     """Accuracy and mean SEE per noise type and SNR, on held-out voices."""
     lm = load_audio_lm(str(model_dir), dtype="float32")
     bundle = NoiseBundle.load(bundle_dir)
-    scorer = Scorer(lm, bundle)
+    scorer = PatchedModel(lm, bundle)
     window = lm.max_clip_seconds
     examples = speak(held_out_pairs(clips, seed=CARD_SEED), window)
     references = [e.sentence for e in examples]

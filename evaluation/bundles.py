@@ -19,7 +19,7 @@ from evaluation.dataset import load_dataset, parse_noise
 from seen.adapters import load_audio_lm
 from seen.bundle import NoiseBundle
 from seen.noise import mix_components
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 
 
 def _named(value: str) -> tuple[str, Path]:
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| --- | --- | --- | " + " | ".join("---" for _ in conditions) + " |")
     for name, folder in args.bundle:
         bundle = NoiseBundle.load(folder)
-        scorer = Scorer(lm, bundle)
+        scorer = PatchedModel(lm, bundle)
         profile = list(bundle.profiles).index(bundle.default_profile)
         means = [float(scorer.score(clips).see[:, profile].mean()) for clips in conditions.values()]
         ranks = bundle.profiles[bundle.default_profile].ranks

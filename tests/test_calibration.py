@@ -19,7 +19,7 @@ from seen.basis import BasisOptions
 from seen.bundle import BundleError, ModelIdentity, NoiseBundle
 from seen.hooks import SiteKind
 from seen.noise import generate_noise
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 from tests.conftest import LIBRISPEECH, speechlike
 
 RELAXED = BasisOptions(alpha=0.99, delta=3.0, delta_mode="chance", center="per_set")
@@ -65,7 +65,7 @@ def test_bundle_round_trip_and_refusals(calibrated: tuple, tmp_path: Path) -> No
         assert loaded.profiles[name].see_clean == profile.see_clean
     # Scores through a reloaded bundle equal scores through the one in memory.
     clips = [speechlike(1.5, seed=40)]
-    assert torch.equal(Scorer(lm, loaded).score(clips).see, Scorer(lm, result.bundle).score(clips).see)
+    assert torch.equal(PatchedModel(lm, loaded).score(clips).see, PatchedModel(lm, result.bundle).score(clips).see)
 
     wider = ModelIdentity(lm.identity().architecture, {**lm.identity().fingerprint, "encoder_ffn_dim": 5120})
     with pytest.raises(BundleError, match="encoder_ffn_dim: bundle 64, model 5120"):
@@ -91,7 +91,7 @@ def test_bundle_for_another_architecture_is_refused(calibrated: tuple, model_dir
     _, result = calibrated
     omni = load_audio_lm(str(model_dirs["qwen2_5_omni"]))
     with pytest.raises(BundleError, match="architecture: bundle Qwen2AudioForConditionalGeneration"):
-        Scorer(omni, result.bundle)
+        PatchedModel(omni, result.bundle)
 
 
 def test_explicit_layers_and_decoder_site(model_dirs: dict[str, Path]) -> None:
@@ -119,7 +119,7 @@ def test_import_round_trip(model_dirs: dict[str, Path], tmp_path: Path) -> None:
     assert loaded.paths == ["model.audio_tower.layers.0.activation_fn", "model.audio_tower.layers.1.activation_fn"]
     for original, restored in zip(published, loaded.profiles["paper"].bases, strict=True):
         assert torch.equal(original, restored)
-    Scorer(lm, loaded).score([speechlike(1.0, seed=1)])
+    PatchedModel(lm, loaded).score([speechlike(1.0, seed=1)])
     with pytest.raises(ValueError, match="do not fit"):
         bundle_from_bases(lm, published, start_layer=1)
     with pytest.raises(ValueError, match="not orthonormal"):
@@ -171,5 +171,5 @@ def test_other_basis_methods_and_encoder_sites_calibrate_and_serve_through_the_p
     assert loaded.site is site and loaded.calibration["options"]["method"] == method
     assert all(0 < k <= 2 for k in loaded.profiles["white"].ranks)
     assert loaded.paths[0].endswith("self_attn" if site is SiteKind.ENCODER_ATTENTION else "layers.0")
-    report = Scorer(lm, loaded).score([speechlike(1.0, 9), 0.2 * generate_noise("white", 16000, 16000, seed=50)])
+    report = PatchedModel(lm, loaded).score([speechlike(1.0, 9), 0.2 * generate_noise("white", 16000, 16000, seed=50)])
     assert bool((report.see >= 0).all() and (report.see <= 1).all())

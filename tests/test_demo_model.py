@@ -24,7 +24,7 @@ from seen.adapters import AudioLM, load_audio_lm
 from seen.audio import load_audio_file, split_into_windows
 from seen.bundle import NoiseBundle
 from seen.noise import generate_noise, mix_at_snr
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import LIBRISPEECH
@@ -40,8 +40,8 @@ def demo_lm() -> AudioLM:
 
 
 @pytest.fixture(scope="module")
-def demo_scorer(demo_lm: AudioLM) -> Scorer:
-    return Scorer(demo_lm, NoiseBundle.load(DEMO_BUNDLE_DIR))
+def demo_scorer(demo_lm: AudioLM) -> PatchedModel:
+    return PatchedModel(demo_lm, NoiseBundle.load(DEMO_BUNDLE_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def held_out() -> tuple[list[np.ndarray], list[str]]:
     return [e.audio for e in examples], [e.sentence for e in examples]
 
 
-def _mean_see(scorer: Scorer, clips: list[np.ndarray], profile: str) -> float:
+def _mean_see(scorer: PatchedModel, clips: list[np.ndarray], profile: str) -> float:
     column = scorer.patch.profiles.index(profile)
     return float(scorer.score(clips, batch_size=16).see[:, column].mean())
 
@@ -117,7 +117,7 @@ def test_the_bundle_has_non_empty_bases_for_every_profile() -> None:
 
 @pytest.mark.parametrize("kind", ["white", "babble"])
 def test_see_rises_as_the_snr_falls(
-    demo_scorer: Scorer, held_out: tuple[list[np.ndarray], list[str]], kind: str
+    demo_scorer: PatchedModel, held_out: tuple[list[np.ndarray], list[str]], kind: str
 ) -> None:
     clips, _ = held_out
     see = [_mean_see(demo_scorer, noisy(clips, kind, snr, seed=77), kind) for snr in SNRS_FALLING]
@@ -126,7 +126,7 @@ def test_see_rises_as_the_snr_falls(
 
 @pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"LibriSpeech clips not found at {LIBRISPEECH}")
 @pytest.mark.parametrize("kind", ["white", "babble"])
-def test_see_rises_on_real_human_speech_too(demo_scorer: Scorer, kind: str) -> None:
+def test_see_rises_on_real_human_speech_too(demo_scorer: PatchedModel, kind: str) -> None:
     """The model never heard a human voice: SEE must follow the noise, not how familiar the speech is."""
     files = sorted((LIBRISPEECH / "wav").glob("*.wav"))[:12]
     windows = [

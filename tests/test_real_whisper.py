@@ -75,7 +75,7 @@ def test_see_rises_with_noise_on_real_whisper(converted: dict[str, Path], tmp_pa
     """Calibrated on 10 clips, scored on 10 others: white noise at 0 dB raises SEE on every clip."""
     from calibration.pipeline import CalibrationConfig, ClipSet, calibrate
     from seen.basis import BasisOptions
-    from seen.scoring import Scorer
+    from seen.scoring import PatchedModel
 
     lm = load_audio_lm(str(converted["tiny.en"]), dtype="float32")
     data = _librispeech()
@@ -86,7 +86,7 @@ def test_see_rises_with_noise_on_real_whisper(converted: dict[str, Path], tmp_pa
         lm, ClipSet("clean", calibration), [ClipSet("white", noise)], CalibrationConfig(basis=options)
     ).bundle
     assert sum(bundle.profiles["white"].ranks) > 0
-    scorer = Scorer(lm, bundle)
+    scorer = PatchedModel(lm, bundle)
     noisy = [
         mix_components(clip, generate_noise("white", clip.size, 16000, seed=i), 0.0).mixture
         for i, clip in enumerate(held_out)

@@ -15,7 +15,7 @@ from seen.adapters import AudioLM, SpeechTask, load_audio_lm
 from seen.basis import BasisOptions
 from seen.hooks import SiteKind
 from seen.noise import generate_noise
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 from tests.conftest import speechlike
 from tests.service_helpers import MODEL_NAME, audio_bytes, chat_body, metric_value, serving
 from tests.tiny_whisper import build_whisper_ct2
@@ -52,7 +52,7 @@ def whisper_bundle(english: AudioLM, tmp_path_factory: pytest.TempPathFactory) -
 def test_padding_never_enters_see_and_batching_does_not_change_it(english: AudioLM, whisper_bundle: Path) -> None:
     from seen.bundle import NoiseBundle
 
-    scorer = Scorer(english, NoiseBundle.load(whisper_bundle))
+    scorer = PatchedModel(english, NoiseBundle.load(whisper_bundle))
     short, long = speechlike(1.3, 3), speechlike(3.1, 4)
     together = scorer.score([short, long])
     alone = torch.cat([scorer.score([short]).per_layer, scorer.score([long]).per_layer])

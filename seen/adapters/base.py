@@ -229,6 +229,22 @@ class AudioLM:
         clip = torch.cumsum(run_start.long(), 0) - 1
         return FrameLayout(torch.where(is_audio, clip, -1), int(run_start.sum()))
 
+    def end_token_ids(self) -> set[int]:
+        """Tokens that end an answer: the generation config's end tokens, and its pad token."""
+        config = self.model.generation_config
+        eos = config.eos_token_id
+        ends = {int(t) for t in ([] if eos is None else eos if isinstance(eos, list) else [eos])}
+        return ends | {self.pad_token_id()}
+
+    def pad_token_id(self) -> int:
+        """The pad token generation fills finished rows with (the first end token when none is set)."""
+        config = self.model.generation_config
+        if config.pad_token_id is not None:
+            return int(config.pad_token_id)
+        eos = config.eos_token_id
+        ends = [] if eos is None else eos if isinstance(eos, list) else [eos]
+        return int(min(ends, default=0))
+
     def generate(self, batch: ModelBatch, **generation: Any) -> torch.Tensor:
         """New tokens only, (batch, new tokens), for a prompt batch."""
         output = self.model.generate(**batch.inputs, **generation)

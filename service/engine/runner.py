@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from seen.adapters import AudioLM, Clip, Message, ModelBatch
 from seen.bundle import NoiseBundle
 from seen.patch import SeeReport
 from seen.policy import AUTO_PROFILE, NoisePolicy
-from seen.scoring import Scorer
+from seen.scoring import PatchedModel
 from service.engine.clock import EncoderClock
 from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.engine.streaming import BatchStreamer
@@ -40,29 +40,25 @@ class ModelBackend:
     """A loaded audio LM patched with its bundle: scores and generates batches of jobs."""
 
     def __init__(self, lm: AudioLM, bundle: NoiseBundle, policy: NoisePolicy, *, model_name: str, see_method: str):
-        self.scorer = Scorer(lm, bundle)  # checks the bundle against the model and builds the patch
-        self.lm = lm
+        self.model = PatchedModel(lm, bundle)  # checks the bundle against the model and builds the patch
         self.bundle = bundle
         self.policy = policy
         self.see_method = see_method
         self._model_name = model_name
-        self.patch = self.scorer.patch
-        self.clock = EncoderClock(lm.model.get_submodule(lm.encoder_path))
+        self.clock = EncoderClock(self.model.encoder)
         self._stack = ExitStack()
-        self._stack.enter_context(self.patch.installed())
+        self._stack.enter_context(self.model.patch.installed())
         self._stack.enter_context(self.clock.installed())
-        config = lm.model.generation_config
-        eos = config.eos_token_id
-        self._end_ids = {int(t) for t in ([] if eos is None else eos if isinstance(eos, list) else [eos])}
-        self._pad_id = config.pad_token_id if config.pad_token_id is not None else min(self._end_ids, default=0)
-        self._end_ids.add(int(self._pad_id))
+        self._end_ids = self.model.end_token_ids()
+        self._pad_id = self.model.pad_token_id()
 
     @property
     def model_name(self) -> str:
         return self._model_name
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self.lm.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm.device
 
     def close(self) -> None:
         """Remove the hooks: the model is the original again."""
@@ -91,12 +87,12 @@ class ModelBackend:
     def _chat_batch(self, jobs: Sequence[ScoreJob], clips: Sequence[Clip]) -> ModelBatch:
         conversations: list[Sequence[Message]] = [job.conversation for job in jobs]
         speech = jobs[0].speech if isinstance(jobs[0], GenerateJob) else None  # the engine batches equal tasks
-        return self.lm.chat_batch(conversations, clips, speech).to(self.lm.device, self.lm.dtype)
+        return self.model.chat_batch(conversations, clips, speech)
 
     def _score_pass(self, batch: ModelBatch) -> tuple[SeeReport, float]:
         """The paper's SEE: no edit, stopping after the last critical layer."""
         with self.clock.measuring() as encoder:
-            report = self.scorer.score_batch(batch)
+            report = self.model.score_batch(batch)
         return report, encoder.seconds
 
     # -- score only ---------------------------------------------------------------------------------
@@ -108,7 +104,7 @@ class ModelBackend:
             raise ValueError("scoring needs audio: none of the requests has any")
         # The encoder site needs the features alone; a decoder site needs the request's own prompt.
         encoder_site = self.bundle.site.in_encoder
-        batch = self.scorer.batch(clips) if encoder_site else self._chat_batch(jobs, clips)
+        batch = self.model.batch(clips) if encoder_site else self._chat_batch(jobs, clips)
         report, encoder_seconds = self._score_pass(batch)
         timing = Timing(encoder_seconds, 0.0, len(jobs))
         outcomes = []
@@ -130,7 +126,6 @@ class ModelBackend:
     def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]:
         clips, rows = self._flatten(jobs)
         batch = self._chat_batch(jobs, clips)
-        layout = batch.layout(self.bundle.site) if clips else None
         exact, encoder_seconds = self._score_pass(batch) if clips and self._needs_score_pass(jobs) else (None, 0.0)
 
         profiles, strengths = [], []
@@ -142,24 +137,23 @@ class ModelBackend:
         clip_profile = torch.tensor([profiles[j] for j, job_rows in enumerate(rows) for _ in job_rows])
         clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
 
-        prompt_length = self.lm.prompt_length(batch)
+        prompt_length = self.model.prompt_length(batch)
         limits = [job.sampling.max_tokens for job in jobs]
         kwargs = self._generation_kwargs(jobs, prompt_length, limits)
         if any(job.sink is not None for job in jobs):
-            kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids, self.decode)
+            kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids, self.model.decode)
         seed = jobs[0].sampling.seed
         start = time.perf_counter()
-        scope = self.patch.scope(layout, clip_strength, clip_profile) if layout is not None else nullcontext()
-        with self.clock.measuring() as encoder, scope as readout:
+        with self.clock.measuring() as encoder, self.model.neutralizing(batch, clip_strength, clip_profile) as readout:
             if seed is not None:
                 torch.manual_seed(seed)
-            tokens = self.lm.generate(batch, **kwargs).cpu()
+            tokens = self.model.generate(batch, stop=jobs[0].sampling.stop, **kwargs).cpu()
         encoder_seconds += encoder.seconds
         timing = Timing(encoder_seconds, time.perf_counter() - start - encoder.seconds, len(jobs))
         inline = readout.report() if readout is not None else None
 
         outcomes = []
-        prompt_tokens = self.lm.prompt_tokens(batch)
+        prompt_tokens = self.model.prompt_tokens(batch)
         for index, job in enumerate(jobs):
             text, finish, count = self._finish(tokens[index].tolist(), job.sampling.max_tokens, job.sampling.stop)
             noise = None
@@ -182,15 +176,13 @@ class ModelBackend:
             "max_new_tokens": max(limits),
             "pad_token_id": self._pad_id,
             "stopping_criteria": StoppingCriteriaList(
-                [_PerRequestLimit(prompt_length, torch.tensor(limits, device=self.lm.device))]
+                [_PerRequestLimit(prompt_length, torch.tensor(limits, device=self.device))]
             ),
         }
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.stop:
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.lm.tokenizer)
         return kwargs
 
     def _finish(self, row: list[int], limit: int, stop: Sequence[str]) -> tuple[str, str, int]:
@@ -202,7 +194,7 @@ class ModelBackend:
             kept = row[:limit]
             count = len(kept)
             finish = "length" if count >= limit else "stop"
-        text = self.decode(kept)
+        text = self.model.decode(kept)
         cuts = [position for position in (text.find(s) for s in stop) if position >= 0]
         if cuts:
             text, finish = text[: min(cuts)], "stop"
