@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     store = ResultStore(args.out, settings)
-    evaluator = Evaluator(lm, bundle, dataset, batch_size=args.batch_size, max_tokens=args.max_tokens,
+    evaluator = Evaluator.for_model(lm, bundle, dataset, batch_size=args.batch_size, max_tokens=args.max_tokens,
                           profile=args.profile, seed=args.seed)  # fmt: skip
     started = time.perf_counter()
     try:

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -31,8 +32,8 @@ from seen.adapters import AudioLM
 from seen.audio import split_into_windows
 from seen.bundle import NoiseBundle
 from seen.noise import achieved_snr_db, mix_components
-from seen.policy import Control, NoisePolicy
-from service.engine.protocol import GenerateJob, Sampling
+from seen.policy import AUTO_PROFILE, Control, NoisePolicy
+from service.engine.protocol import Backend, GenerateJob, Sampling
 from service.engine.runner import ModelBackend
 
 SEEN_PREFIX = "seen-"
@@ -116,8 +117,7 @@ class Evaluator:
 
     def __init__(
         self,
-        lm: AudioLM,
-        bundle: NoiseBundle,
+        backend: Backend,
         dataset: Dataset,
         *,
         batch_size: int = 16,
@@ -125,15 +125,23 @@ class Evaluator:
         profile: str | None = None,
         seed: int = 0,
     ) -> None:
-        self.lm, self.dataset = lm, dataset
+        capabilities = backend.capabilities
+        self.backend, self.dataset = backend, dataset
+        self.sample_rate, self.window_seconds = capabilities.sample_rate, capabilities.window_seconds
         self.batch_size, self.seed = batch_size, seed
-        self.profile = profile or bundle.default_profile
+        self.profile = profile or capabilities.default_profile
+        if self.profile != AUTO_PROFILE and self.profile not in capabilities.profiles:
+            allowed = ", ".join([*capabilities.profiles, AUTO_PROFILE])
+            raise ValueError(f"unknown noise profile {self.profile!r}; this bundle has: {allowed}")
         self.sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
-        self.backend = ModelBackend(lm, bundle, NoisePolicy(bundle), model_name="eval", see_method="exact")
-        self.adaptive_policy = NoisePolicy(bundle, adaptive=True)
-        NoisePolicy(bundle).check_profile(self.profile)
         self.clean_answers: list[str] | None = None
         """Each clip's answer with method "none" on clean audio: the reference of ``agreement``."""
+
+    @staticmethod
+    def for_model(lm: AudioLM, bundle: NoiseBundle, dataset: Dataset, **options: Any) -> Evaluator:
+        """An evaluator on the transformers backend the service runs (SEE measured the paper's way)."""
+        backend = ModelBackend(lm, bundle, NoisePolicy(bundle), model_name="eval", see_method="exact")
+        return Evaluator(backend, dataset, **options)
 
     def recover_clean_answers(self, rows: Sequence[RequestRow]) -> bool:
         """Take the clean answers from stored clean "none" rows; False if they do not cover this dataset."""
@@ -148,7 +156,7 @@ class Evaluator:
 
     def _mixtures(self, condition: Condition) -> tuple[list[NDArray[np.float32]], list[NDArray[np.float32]]]:
         """(clean reference as it sits in each input, model input) per clip."""
-        rate = self.lm.sample_rate
+        rate = self.sample_rate
         if condition.noise is None or condition.snr_db is None:
             clips = [item.audio for item in self.dataset.items]
             return clips, clips
@@ -163,7 +171,7 @@ class Evaluator:
     def _measure(
         self, references: Sequence[NDArray[np.float32]], audio: Sequence[NDArray[np.float32]], noisy: bool
     ) -> list[_Input]:
-        rate = self.lm.sample_rate
+        rate = self.sample_rate
         return [
             _Input(clip, achieved_snr_db(ref, clip) if noisy else None, wada_snr(clip), stoi(ref, clip, rate), *quality)
             for ref, clip, quality in zip(references, audio, dnsmos(audio, rate), strict=True)
@@ -171,22 +179,21 @@ class Evaluator:
 
     def _answers(self, inputs: Sequence[_Input], method: Method) -> list[tuple[str, float, float | None]]:
         """(answer, SEE, residual SEE) per clip, in batches through the backend."""
-        control = Control(enabled=method.uses_seen, strength=method.strength, profile=self.profile)
-        window = self.lm.max_clip_seconds
+        adaptive = method.name == ADAPTIVE
+        control = Control(enabled=method.uses_seen, strength=method.strength, profile=self.profile, adaptive=adaptive)
+        window = self.window_seconds
         jobs = []
         for item, model_input in zip(self.dataset.items, inputs, strict=True):
-            windows = split_into_windows(model_input.audio, self.lm.sample_rate, window)
+            windows = split_into_windows(model_input.audio, self.sample_rate, window)
             content = [{"type": "audio"} for _ in windows] + [{"type": "text", "text": item.question}]
             jobs.append(GenerateJob([{"role": "user", "content": content}], windows, control, self.sampling))
-        policy = self.adaptive_policy if method.name == ADAPTIVE else self.backend.policy
         results = []
-        with self.backend.policy_in_effect(policy):
-            for start in range(0, len(jobs), self.batch_size):
-                for outcome in self.backend.generate(jobs[start : start + self.batch_size]):
-                    report = outcome.report
-                    assert report is not None  # every job has audio
-                    residual = report.residual_see if method.uses_seen else None
-                    results.append((outcome.text, report.see, residual))
+        for start in range(0, len(jobs), self.batch_size):
+            for outcome in self.backend.generate(jobs[start : start + self.batch_size]):
+                report = outcome.report
+                assert report is not None  # every job has audio
+                residual = report.residual_see if method.uses_seen else None
+                results.append((outcome.text, report.see, residual))
         return results
 
     def _agreement(self, index: int, answer: str) -> float | None:
@@ -206,7 +213,7 @@ class Evaluator:
         for method in sorted(methods, key=lambda m: m.name != NONE):
             if method.denoiser is not None:
                 denoiser = make_denoiser(method.denoiser)
-                denoised = [denoiser(clip, self.lm.sample_rate) for clip in mixed]
+                denoised = [denoiser(clip, self.sample_rate) for clip in mixed]
                 inputs = self._measure(references, denoised, noisy)
             else:
                 raw = raw or self._measure(references, mixed, noisy)

@@ -223,7 +223,7 @@ def run_sweep(
                 "max_tokens": max_tokens,
             }
             store = ResultStore(out / "rows" / point.key / routing, fingerprint)
-            evaluator = Evaluator(
+            evaluator = Evaluator.for_model(
                 lm,
                 bundle,
                 dataset,

@@ -72,6 +72,8 @@ class Control:
     enabled: bool
     strength: float
     profile: str  # a bundle profile or AUTO_PROFILE
+    adaptive: bool = False
+    """Ramp lambda by the request's SEE between the clean and the noisy calibration range."""
 
     @property
     def applied_strength(self) -> float:
@@ -91,10 +93,10 @@ def derived_threshold(profile: NoiseProfile) -> float | None:
 class NoisePolicy:
     """Thresholds, adaptive ramps and profile choice, fixed once from the bundle and settings."""
 
-    def __init__(self, bundle: NoiseBundle, *, noisy_threshold: float | None = None, adaptive: bool = False) -> None:
+    def __init__(self, bundle: NoiseBundle, *, noisy_threshold: float | None = None) -> None:
         self.profiles = tuple(bundle.profiles)
+        self.default_profile = bundle.default_profile
         self.layers = list(bundle.layers)
-        self.adaptive = adaptive
         self.thresholds = {
             name: noisy_threshold if noisy_threshold is not None else derived_threshold(profile)
             for name, profile in bundle.profiles.items()
@@ -105,10 +107,13 @@ class NoisePolicy:
             if clean is not None and noise is not None:
                 low = clean.quantiles["p95"]
                 self._ramps[name] = (low, max(noise.quantiles["p50"], low + 1e-6))
-        if adaptive and len(self._ramps) != len(self.profiles):
-            missing = sorted(set(self.profiles) - set(self._ramps))
-            raise ValueError(f"adaptive mode needs calibration SEE statistics; the bundle has none for {missing}")
         self._candidates = [p for p in self.profiles if p != MERGED_PROFILE] or list(self.profiles)
+
+    def check_adaptive(self) -> None:
+        """Adaptive lambda ramps between the calibration sets' SEE: refuse a bundle without their statistics."""
+        missing = sorted(set(self.profiles) - set(self._ramps))
+        if missing:
+            raise ValueError(f"adaptive mode needs calibration SEE statistics; the bundle has none for {missing}")
 
     def check_profile(self, name: str) -> None:
         if name != AUTO_PROFILE and name not in self.profiles:
@@ -129,7 +134,7 @@ class NoisePolicy:
 
     def strength(self, control: Control, profile: int, see: float | None) -> float:
         """Lambda for one request: the requested one, ramped by SEE in adaptive mode."""
-        if not control.enabled or not self.adaptive:
+        if not control.enabled or not control.adaptive:
             return control.applied_strength
         if see is None:
             raise RuntimeError("adaptive mode needs the input's SEE before neutralization")

@@ -32,7 +32,7 @@ from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics, see_buckets
 from service.middleware import BodyLimit, RequestMetrics
 from service.routers import audio, chat, health, models, see
-from service.serving import ModelCapabilities, ServiceState
+from service.serving import ServiceState
 
 logger = logging.getLogger(__name__)
 ROUTERS = (chat.router, audio.router, see.router, models.router, health.router)
@@ -42,7 +42,9 @@ BODY_SLACK_BYTES = 1 << 20
 
 
 def _policy(settings: Settings, bundle: NoiseBundle) -> NoisePolicy:
-    policy = NoisePolicy(bundle, noisy_threshold=settings.noisy_threshold, adaptive=settings.adaptive)
+    policy = NoisePolicy(bundle, noisy_threshold=settings.noisy_threshold)
+    if settings.adaptive:
+        policy.check_adaptive()
     policy.check_profile(settings.default_profile or bundle.default_profile)
     return policy
 
@@ -62,7 +64,7 @@ async def load_model(state: ServiceState) -> None:
         max_queue_size=settings.max_queue_size,
     )
     engine.start()
-    state.capabilities = ModelCapabilities(answers_chat=lm.answers_chat, check_task=lm.check_task)
+    state.capabilities = backend.capabilities
     state.limits = AudioLimits(
         sample_rate=lm.sample_rate,
         max_seconds=settings.max_audio_seconds,

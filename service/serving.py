@@ -9,7 +9,7 @@ can fail.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -20,22 +20,13 @@ from seen.bundle import NoiseBundle
 from seen.policy import Control, NoisePolicy
 from service.config import Settings
 from service.engine.engine import Engine, EngineStopped, QueueFull
-from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome
+from service.engine.protocol import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome
 from service.errors import ApiError
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics
 from service.protocol import SeenOptions
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ModelCapabilities:
-    """What the loaded model can be asked, fixed at load time, so that routers refuse the rest before queueing."""
-
-    answers_chat: bool
-    check_task: Callable[[SpeechTask], None]
-    """Raises ValueError for a transcription or translation the model cannot do (the language, the task)."""
 
 
 @dataclass
@@ -46,7 +37,7 @@ class ServiceState:
     metrics: ServiceMetrics
     engine: Engine | None = None
     limits: AudioLimits | None = None
-    capabilities: ModelCapabilities | None = None
+    capabilities: Capabilities | None = None
     ready: bool = False
     load_error: str | None = None
     created: int = 0
@@ -115,7 +106,7 @@ class ServiceState:
         except ValueError as error:
             raise ApiError(400, str(error), code="unknown_profile", param="seen.profile") from error
         enabled = settings.seen_enabled if options.enabled is None else options.enabled
-        return Control(enabled=enabled, strength=strength, profile=profile)
+        return Control(enabled=enabled, strength=strength, profile=profile, adaptive=settings.adaptive)
 
     async def score(self, job: ScoreJob) -> ScoreOutcome:
         engine, _ = self.serving()

@@ -70,7 +70,7 @@ def test_every_condition_and_method_gives_one_row_per_clip_and_a_rerun_resumes(
     babble = parse_noise("babble")  # the test bundle's default profile
     conditions = [Condition(None, None), Condition(babble, 20.0), Condition(babble, -10.0)]
     store = ResultStore(tmp_path / "run", {"dataset": dataset.fingerprint})
-    evaluator = Evaluator(lm, bundle, dataset, batch_size=2, max_tokens=3)
+    evaluator = Evaluator.for_model(lm, bundle, dataset, batch_size=2, max_tokens=3)
     try:
         rows = run_all(evaluator, store, conditions, methods)
     except BaseException:

@@ -86,3 +86,20 @@ def test_the_engine_knows_nothing_of_http() -> None:
         for path in (ROOT / "service" / "engine").rglob("*.py")
     }
     assert {file: names for file, names in offenders.items() if names} == {}
+
+
+def test_cli_and_evaluation_use_only_the_service_seams() -> None:
+    """The command line starts the server through its settings and entry point; the evaluation runs on the
+    backend protocol (and builds the transformers backend), never on the HTTP side or the engine's internals."""
+    allowed = {
+        "cli": {"service.config", "service.server"},
+        "evaluation": {"service.engine.protocol", "service.engine.runner"},
+    }
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in _imported_modules(path) if m.split(".")[0] == "service" and m not in allowed[package]
+        )
+        for package in allowed
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert {file: names for file, names in offenders.items() if names} == {}

@@ -73,11 +73,33 @@ class GenerateOutcome:
     timing: Timing
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend's model can be asked, so that callers refuse the rest before queueing."""
+
+    answers_chat: bool
+    check_task: Callable[[SpeechTask], None]
+    """Raises ValueError for a transcription or translation the model cannot do (the language, the task)."""
+    sample_rate: int
+    window_seconds: float
+    profiles: tuple[str, ...]
+    default_profile: str
+
+
 class Backend(Protocol):
-    """The device work behind the engine: a batch in, one outcome per job out, in order."""
+    """The device work behind the engine: a batch in, one outcome per job out, in order.
+
+    Implemented by :class:`service.engine.runner.ModelBackend` (transformers ``generate``); a second engine
+    implements the same four members. Streaming jobs get their text deltas through ``job.sink``.
+    """
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def close(self) -> None: ...
 
     def score(self, jobs: Sequence[ScoreJob]) -> list[ScoreOutcome]: ...
 

@@ -8,8 +8,8 @@ Only this module touches the model, and only from the engine's single device thr
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from seen.patch import SeeReport
 from seen.policy import AUTO_PROFILE, NoisePolicy
 from seen.scoring import PatchedModel
 from service.engine.clock import EncoderClock
-from service.engine.protocol import GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
+from service.engine.protocol import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.engine.streaming import BatchStreamer
 
 
@@ -64,14 +64,17 @@ class ModelBackend:
         """Remove the hooks: the model is the original again."""
         self._stack.close()
 
-    @contextmanager
-    def policy_in_effect(self, policy: NoisePolicy) -> Iterator[None]:
-        """Run batches under another policy, e.g. an evaluation comparing fixed and adaptive lambda on one patch."""
-        previous, self.policy = self.policy, policy
-        try:
-            yield
-        finally:
-            self.policy = previous
+    @property
+    def capabilities(self) -> Capabilities:
+        lm = self.model.lm
+        return Capabilities(
+            answers_chat=lm.answers_chat,
+            check_task=lm.check_task,
+            sample_rate=lm.sample_rate,
+            window_seconds=lm.max_clip_seconds,
+            profiles=self.policy.profiles,
+            default_profile=self.policy.default_profile,
+        )
 
     # -- batches ------------------------------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class ModelBackend:
     # -- generate -----------------------------------------------------------------------------------
 
     def _needs_score_pass(self, jobs: Sequence[GenerateJob]) -> bool:
-        if self.policy.adaptive or any(job.control.profile == AUTO_PROFILE for job in jobs):
+        if any(job.control.adaptive or job.control.profile == AUTO_PROFILE for job in jobs):
             return True
         return self.see_method == "exact" and any(job.control.applied_strength > 0 for job in jobs)
 
