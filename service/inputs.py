@@ -1,8 +1,10 @@
-"""From API messages to what the engine needs: the model's conversation format and decoded clips.
+"""From API messages and uploads to what the engine needs: the model's conversation format and decoded clips.
 
 All audio, whether base64 in ``input_audio``, an uploaded file or an allowed ``audio_url``, goes
-through :func:`seen.audio.decode_audio`. Limits are enforced before decoding where the size is
-known, and audio longer than the model's window is refused or, when chunking is configured,
+through :func:`decode_part` and so through :func:`seen.audio.decode_audio`. Each limit has one rule:
+the byte limit is :func:`check_size` (applied while reading, before decoding), the duration limit is
+the decoder's ``max_seconds`` (:attr:`AudioLimits.accepted_seconds`), and the URL allow-list is
+:func:`_fetch`'s. Audio longer than the model's window is refused or, when chunking is configured,
 split into window-long parts: nothing is truncated.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from seen.adapters import Clip, Message
@@ -49,15 +52,17 @@ class PreparedAudio:
     seconds: float = 0.0
 
 
+def check_size(size: int, limits: AudioLimits, param: str, what: str = "audio") -> None:
+    """The byte limit of one audio part: the one rule, applied wherever bytes arrive."""
+    if size > limits.max_bytes:
+        raise ApiError(
+            413, f"{what} is larger than the limit of {limits.max_bytes} bytes", code="audio_too_large", param=param
+        )
+
+
 async def decode_part(data: bytes, limits: AudioLimits, *, format: str | None, param: str) -> list[Clip]:
     """One audio file as the clips the model sees (one, or its windows when chunking is on)."""
-    if len(data) > limits.max_bytes:
-        raise ApiError(
-            413,
-            f"audio is {len(data)} bytes; the limit is {limits.max_bytes} bytes",
-            code="audio_too_large",
-            param=param,
-        )
+    check_size(len(data), limits, param)
     try:
         clip = await run_in_threadpool(
             decode_audio, data, limits.sample_rate, format=format, max_seconds=limits.accepted_seconds
@@ -79,10 +84,7 @@ def _base64_audio(part: InputAudioPart, limits: AudioLimits, param: str) -> tupl
             415, f"audio format {fmt!r} is not supported; allowed: {_ALLOWED}", code="unsupported_format", param=param
         )
     encoded = part.input_audio.data
-    if len(encoded) * 3 // 4 > limits.max_bytes:
-        raise ApiError(
-            413, f"audio is larger than the limit of {limits.max_bytes} bytes", code="audio_too_large", param=param
-        )
+    check_size(len(encoded) * 3 // 4, limits, param)  # before decoding the base64
     try:
         return base64.b64decode(encoded, validate=True), fmt
     except (binascii.Error, ValueError) as error:
@@ -91,7 +93,16 @@ def _base64_audio(part: InputAudioPart, limits: AudioLimits, param: str) -> tupl
         ) from error
 
 
-async def _fetch(url: str, limits: AudioLimits, client: httpx.AsyncClient, param: str) -> tuple[bytes, str | None]:
+async def _fetch(
+    url: str, limits: AudioLimits, client: httpx.AsyncClient | None, param: str
+) -> tuple[bytes, str | None]:
+    if client is None or not limits.url_allowlist:
+        raise ApiError(
+            400,
+            "audio_url parts are not fetched: this server has no audio URL allow-list",
+            code="audio_url_not_allowed",
+            param=param,
+        )
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ApiError(
@@ -111,13 +122,7 @@ async def _fetch(url: str, limits: AudioLimits, client: httpx.AsyncClient, param
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
-                if size > limits.max_bytes:
-                    raise ApiError(
-                        413,
-                        f"audio at {url} is larger than {limits.max_bytes} bytes",
-                        code="audio_too_large",
-                        param=param,
-                    )
+                check_size(size, limits, param, f"audio at {url}")
                 chunks.append(chunk)
     except httpx.HTTPError as error:
         raise ApiError(
@@ -150,13 +155,6 @@ async def prepare_messages(
                 clips = await decode_part(data, limits, format=fmt, param=param)
             else:
                 assert isinstance(part, AudioUrlPart)
-                if client is None or not limits.url_allowlist:
-                    raise ApiError(
-                        400,
-                        "audio_url parts are not fetched: this server has no audio URL allow-list",
-                        code="audio_url_not_allowed",
-                        param=param,
-                    )
                 data, hint = await _fetch(part.audio_url.url, limits, client, param)
                 clips = await decode_part(data, limits, format=hint, param=param)
             prepared.clips.extend(clips)
@@ -167,3 +165,15 @@ async def prepare_messages(
         else:
             prepared.conversation.append({"role": role, "content": "".join(p["text"] for p in content)})
     return prepared
+
+
+async def prepare_upload(file: UploadFile, limits: AudioLimits, instruction: str) -> PreparedAudio:
+    """An uploaded file (the audio API's multipart ``file``) as one user message: its audio, then the instruction."""
+    data = await file.read(limits.max_bytes + 1)  # never more than one byte past the limit
+    check_size(len(data), limits, "file", "the file")
+    name = file.filename or ""
+    clips = await decode_part(data, limits, format=name.rsplit(".", 1)[-1] if "." in name else None, param="file")
+    content: list[dict[str, Any]] = [{"type": "audio"} for _ in clips]
+    content.append({"type": "text", "text": instruction})
+    seconds = sum(len(clip) for clip in clips) / limits.sample_rate
+    return PreparedAudio([{"role": "user", "content": content}], clips, seconds)

@@ -105,7 +105,7 @@ class ServiceMetrics:
             "queue_depth_requests", "Requests waiting for the device.", model, namespace=ns, registry=r
         )
         self.audio_duration = Histogram(
-            "audio_duration_seconds", "Duration of the audio in each request.",
+            "audio_duration_seconds", "Duration of the audio in each answered request.",
             [*model, "endpoint"], namespace=ns, registry=r, buckets=AUDIO_DURATION_BUCKETS,
         )  # fmt: skip
         self.ready = Gauge(

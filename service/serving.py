@@ -1,9 +1,10 @@
-"""The serving state of one app, and the request plumbing every endpoint shares.
+"""The serving state of one app, and the one request path every endpoint goes through.
 
 :class:`ServiceState` is created by the app factory and filled in by the loader: the engine exists
-only once the model, the bundle and the warm-up have succeeded. Endpoints resolve a request's
-SEEN control, submit a job with the request timeout, and get :class:`ApiError` for every way that
-can fail.
+only once the model, the bundle and the warm-up have succeeded. Every endpoint does the same three
+steps, each in one place: :meth:`ServiceState.admit` (the model name, readiness, what the model can
+be asked), decoding (:mod:`service.inputs`, every audio limit), and :meth:`ServiceState.submit`
+(the audio metric, the job, the queue and the request timeout). Routers only parse and shape answers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -27,6 +28,7 @@ from service.metrics import ServiceMetrics
 from service.protocol import SeenOptions
 
 T = TypeVar("T")
+T_Job = TypeVar("T_Job", ScoreJob, GenerateJob)
 
 
 @dataclass
@@ -61,6 +63,29 @@ class ServiceState:
         if not self.ready or self.engine is None or self.limits is None:
             raise self.unavailable()
         return self.engine, self.limits
+
+    def admit(self, model: str, *, chat: bool = False, task: SpeechTask | None = None) -> AudioLimits:
+        """The first step of every request: the model it names, a ready server, a request the model can serve."""
+        self.check_model(model)
+        _, limits = self.serving()
+        if chat:
+            self.check_chat()
+        if task is not None:
+            self.check_task(task)
+        return limits
+
+    async def submit(self, endpoint: str, job: T_Job) -> Any:
+        """The last step: queue the job, wait for it under the timeout, and count the audio it served.
+
+        Audio is counted only once the request is answered, so refused and timed-out requests are not.
+        """
+        engine, limits = self.serving()
+        work = engine.generate(job) if isinstance(job, GenerateJob) else engine.score(job)
+        outcome = await self._wait(work)
+        if job.clips:
+            seconds = sum(len(clip) for clip in job.clips) / limits.sample_rate
+            self.metrics.audio_duration.labels(self.model_name, endpoint).observe(seconds)
+        return outcome
 
     def check_chat(self) -> None:
         """Speech recognizers transcribe whatever is asked: a chat request gets a 400 that says where to go."""
@@ -108,13 +133,13 @@ class ServiceState:
         enabled = settings.seen_enabled if options.enabled is None else options.enabled
         return Control(enabled=enabled, strength=strength, profile=profile, adaptive=settings.adaptive)
 
-    async def score(self, job: ScoreJob) -> ScoreOutcome:
-        engine, _ = self.serving()
-        return await self._wait(engine.score(job))
+    async def score(self, endpoint: str, job: ScoreJob) -> ScoreOutcome:
+        outcome: ScoreOutcome = await self.submit(endpoint, job)
+        return outcome
 
-    async def generate(self, job: GenerateJob) -> GenerateOutcome:
-        engine, _ = self.serving()
-        return await self._wait(engine.generate(job))
+    async def generate(self, endpoint: str, job: GenerateJob) -> GenerateOutcome:
+        outcome: GenerateOutcome = await self.submit(endpoint, job)
+        return outcome
 
     async def _wait(self, submitted: Awaitable[T]) -> T:
         timeout = self.settings.request_timeout_seconds

@@ -14,8 +14,7 @@ from fastapi.responses import PlainTextResponse
 from seen.adapters import SpeechTask
 from service.dependencies import Authenticated, State
 from service.engine.protocol import GenerateJob, Sampling
-from service.errors import ApiError
-from service.inputs import decode_part
+from service.inputs import prepare_upload
 from service.protocol import Transcription, VerboseTranscription
 from service.serving import ServiceState
 
@@ -46,26 +45,11 @@ async def _run(
     response_format: ResponseFormat,
     temperature: float,
 ) -> Transcription | PlainTextResponse:
-    state.check_model(model)
-    _, limits = state.serving()
-    state.check_task(task)
-    data = await file.read(limits.max_bytes + 1)
-    if len(data) > limits.max_bytes:
-        raise ApiError(
-            413, f"the file is larger than the limit of {limits.max_bytes} bytes", code="audio_too_large", param="file"
-        )
-    name = file.filename or ""
-    clips = await decode_part(data, limits, format=name.rsplit(".", 1)[-1] if "." in name else None, param="file")
-    seconds = sum(len(clip) for clip in clips) / limits.sample_rate
-    endpoint = "transcriptions" if task.task == "transcribe" else "translations"
-    state.metrics.audio_duration.labels(state.model_name, endpoint).observe(seconds)
-    content: list[dict[str, str]] = [{"type": "audio"} for _ in clips]
-    content.append({"type": "text", "text": _instruction(task, prompt)})
+    limits = state.admit(model, task=task)
+    prepared = await prepare_upload(file, limits, _instruction(task, prompt))
     sampling = Sampling(max_tokens=state.settings.max_tokens_default, temperature=temperature)
-    job = GenerateJob(
-        [{"role": "user", "content": content}], clips, state.control(None), sampling=sampling, speech=task
-    )
-    outcome = await state.generate(job)
+    job = GenerateJob(prepared.conversation, prepared.clips, state.control(None), sampling=sampling, speech=task)
+    outcome = await state.generate("transcriptions" if task.task == "transcribe" else "translations", job)
     if response_format == "text":
         return PlainTextResponse(outcome.text)
     if response_format == "verbose_json":
@@ -74,7 +58,7 @@ async def _run(
             noise_report=outcome.report,
             task=task.task,
             language=task.language or ("english" if task.task == "translate" else "unknown"),
-            duration=seconds,
+            duration=prepared.seconds,
         )
     return Transcription(text=outcome.text, noise_report=outcome.report)
 

@@ -38,11 +38,9 @@ def _usage(outcome: GenerateOutcome) -> Usage:
     return Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens, total_tokens=total)
 
 
-async def build_job(request: ChatCompletionRequest, state: ServiceState, endpoint: str) -> GenerateJob:
-    """Check and decode a chat-shaped request into a generate job (shared with transcriptions)."""
-    state.check_model(request.model)
-    _, limits = state.serving()
-    state.check_chat()
+async def build_job(request: ChatCompletionRequest, state: ServiceState) -> GenerateJob:
+    """Check and decode a chat request into a generate job."""
+    limits = state.admit(request.model, chat=True)
     settings = state.settings
     control = state.control(request.seen)
     max_tokens = request.max_completion_tokens or request.max_tokens or settings.max_tokens_default
@@ -54,8 +52,6 @@ async def build_job(request: ChatCompletionRequest, state: ServiceState, endpoin
             param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
         )
     prepared = await prepare_messages(request.messages, limits, state.http)
-    if prepared.clips:
-        state.metrics.audio_duration.labels(state.model_name, endpoint).observe(prepared.seconds)
     sampling = Sampling(
         max_tokens=max_tokens,
         temperature=request.temperature or 0.0,
@@ -68,11 +64,11 @@ async def build_job(request: ChatCompletionRequest, state: ServiceState, endpoin
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(request: ChatCompletionRequest, state: State) -> ChatCompletion | StreamingResponse:
-    job = await build_job(request, state, "chat")
+    job = await build_job(request, state)
     if request.stream:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return await _stream(state, job, include_usage)
-    outcome = await state.generate(job)
+    outcome = await state.generate("chat", job)
     return ChatCompletion(
         model=state.model_name,
         choices=[Choice(message=AssistantMessage(content=outcome.text), finish_reason=outcome.finish_reason)],
@@ -100,7 +96,7 @@ async def _stream(state: ServiceState, job: GenerateJob, include_usage: bool) ->
         loop.call_soon_threadsafe(deltas.put_nowait, delta)
 
     job.sink = sink
-    task = asyncio.create_task(state.generate(job))
+    task = asyncio.create_task(state.generate("chat", job))
     task.add_done_callback(lambda _: deltas.put_nowait(None))
     first = await deltas.get()
     if first is None and task.exception() is not None:

@@ -16,15 +16,13 @@ router = APIRouter(prefix="/v1", tags=["see"], dependencies=[Authenticated])
 @router.post("/see")
 async def see(request: ChatCompletionRequest, state: State) -> SeeResponse:
     """Score only: the encoder runs as far as the last critical layer; generation fields are ignored."""
-    state.check_model(request.model)
-    _, limits = state.serving()
+    limits = state.admit(request.model)
     control = state.control(request.seen)
     prepared = await prepare_messages(request.messages, limits, state.http)
     if not prepared.clips:
         raise ApiError(
             400, "nothing to score: the messages have no input_audio part", code="no_audio", param="messages"
         )
-    state.metrics.audio_duration.labels(state.model_name, "see").observe(prepared.seconds)
-    outcome = await state.score(ScoreJob(prepared.conversation, prepared.clips, control))
+    outcome = await state.score("see", ScoreJob(prepared.conversation, prepared.clips, control))
     assert outcome.report is not None
     return SeeResponse(model=state.model_name, audio_seconds=prepared.seconds, noise_report=outcome.report)
