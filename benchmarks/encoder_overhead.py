@@ -27,6 +27,9 @@ On CPU the number of timed rounds defaults to the whole permutation cycles that 
 after warm-up (at least one). The verdict rests on the paired ratio's bootstrap 95 % interval: PASS
 when all of it is within the target, FAIL when all of it is above, UNRESOLVED when the run is too
 noisy to tell.
+
+Over 300 lines on purpose: a self-contained script (model construction, interleaved timing, direct
+cost, statistics, verdict) that must run unchanged on a lent GPU machine.
 """
 
 from __future__ import annotations

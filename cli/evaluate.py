@@ -14,9 +14,10 @@ from tqdm import tqdm
 
 from cli.options import add_model_options, load_model
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
-from evaluation.analysis import analyze, rows_to_csv
+from evaluation.analysis import analyze
 from evaluation.dataset import DEFAULT_BABBLE_TALKERS, load_dataset, parse_noise
-from evaluation.runner import DEFAULT_METHODS, DEFAULT_SNRS_DB, Condition, Evaluator, ResultStore, parse_method, run_all
+from evaluation.rows import ResultStore, rows_to_csv
+from evaluation.runner import DEFAULT_METHODS, DEFAULT_SNRS_DB, Condition, Evaluator, parse_method, run_all
 from seen.bundle import NoiseBundle
 from seen.noise import NOISE_TYPES
 

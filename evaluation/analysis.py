@@ -7,21 +7,23 @@ leaves clean audio alone. Success is measured twice: against the ground truth, a
 as agreement with the model's answer on the clean clip. A method that was not run, or a measure an older run
 did not record, gives empty sections, never an error, and :meth:`Analysis.to_dict` is strict JSON (non-finite
 numbers become ``None``).
+
+Over 300 lines on purpose: one small reduction per claim of the paper, kept in one file so that the
+whole analysis reads top to bottom.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from evaluation.rows import RequestRow
 from evaluation.stats import Method, correlation, roc_auc
 
 CLEAN = "clean"
@@ -36,28 +38,6 @@ REFERENCE_MEASURES = frozenset({"true_snr_db", "stoi"})
 SUCCESS, AGREEMENT = "success", "agreement"
 TARGETS = (SUCCESS, AGREEMENT)
 """What a measure should predict: success against the ground truth, and agreement with the clean answer."""
-
-
-@dataclass(frozen=True)
-class RequestRow:
-    """One request: a clip under one condition (noise, SNR), answered with one method (nothing, SEEN, a denoiser)."""
-
-    noise: str  # noise source name, "clean" for the clean condition
-    snr_db: float | None  # None for clean
-    method: str  # "none", "seen-<strength>", "seen-adaptive", or a denoiser name
-    clip: str
-    success: float  # 1/0 exact match for QA, max(0, 1 - WER) for transcription
-    wer: float | None  # None when the dataset has no transcripts
-    see: float  # SEE of the audio the model received (after any denoiser)
-    residual_see: float | None  # SEE left after SEEN; None when SEEN was off
-    true_snr_db: float | None  # SNR of the model's input against the clean clip; None for clean
-    wada_snr_db: float  # blind SNR estimate on the model's input
-    stoi: float  # STOI of the model's input against the clean clip
-    # Added later, so with defaults: rows of older runs load with them None.
-    dnsmos_bak: float | None = None  # DNSMOS P.835 background score of the model's input (blind, higher = cleaner)
-    dnsmos_ovrl: float | None = None  # DNSMOS P.835 overall score of the model's input
-    answer: str | None = None  # the model's answer, kept so a resumed run can recover the clean answers
-    agreement: float | None = None  # success scored against this clip's clean "none" answer instead of the truth
 
 
 def is_seen(method: str) -> bool:
@@ -78,63 +58,9 @@ def snr_key(snr_db: float | None) -> float:
     return math.inf if snr_db is None else snr_db
 
 
-_FIELDS = [f.name for f in fields(RequestRow)]
-_REQUIRED = {f.name for f in fields(RequestRow) if f.default is MISSING}
-_TEXT = {name for name, hint in get_type_hints(RequestRow).items() if hint is str}
-_OPTIONAL = {name for name, hint in get_type_hints(RequestRow).items() if type(None) in get_args(hint)}
-_JSON = {"answer"}
-"""Free text that may be empty: JSON-quoted in its cell, so an empty answer ("") differs from none (empty cell)."""
-
-
 def default_wrong_below(rows: Iterable[RequestRow]) -> float:
     """The success below which an answer counts as wrong: any miss for exact-match QA, WER above 50 % otherwise."""
     return 0.5 if any(r.wer is not None for r in rows) else 1.0
-
-
-def _text(name: str, value: Any) -> str:
-    if value is None:
-        return ""
-    return json.dumps(value, ensure_ascii=False) if name in _JSON else str(value)
-
-
-def rows_to_csv(rows: Iterable[RequestRow], path: Path) -> None:
-    """Write rows under a header; ``None`` is an empty cell and floats are written exactly (``str`` round-trips)."""
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(_FIELDS)
-        for row in rows:
-            writer.writerow([_text(name, getattr(row, name)) for name in _FIELDS])
-
-
-def _cell(name: str, text: str) -> Any:
-    if name in _TEXT:
-        return text
-    if text == "" and name not in _OPTIONAL:
-        raise ValueError(f"column {name!r} is empty but is required")
-    if text == "":
-        return None
-    if name in _JSON:
-        value = json.loads(text)
-        if not isinstance(value, str):
-            raise ValueError(f"column {name!r} holds {text!r}, not a JSON string")
-        return value
-    return float(text)
-
-
-def rows_from_csv(path: Path) -> list[RequestRow]:
-    """Read rows written by :func:`rows_to_csv`; a missing required column is a ValueError.
-
-    Columns added after the first release (DNSMOS, answer, agreement) may be missing: older runs load with
-    those fields ``None``.
-    """
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        present = set(reader.fieldnames or ())
-        missing = _REQUIRED - present
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        names = [name for name in _FIELDS if name in present]
-        return [RequestRow(**{name: _cell(name, record[name]) for name in names}) for record in reader]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 Figures use :class:`matplotlib.figure.Figure` directly, never pyplot, so writing a report touches no global
 backend state (safe in the CLI, in tests and beside a notebook). Sections whose methods were not run are left
 out rather than printed empty.
+
+Over 300 lines on purpose: one short writer per section of the report (and its plots), in the order
+the report prints them.
 """
 
 from __future__ import annotations

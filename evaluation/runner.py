@@ -13,21 +13,19 @@ answers are stored in the rows, so a resumed run recovers them from the store.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jiwer
 import numpy as np
 from numpy.typing import NDArray
 
-from evaluation.analysis import RequestRow, rows_from_csv, rows_to_csv
 from evaluation.audio_measures import dnsmos, stoi, wada_snr
 from evaluation.dataset import Dataset, Item, NoiseSource, Task, normalize
 from evaluation.denoisers import DENOISERS, make_denoiser
+from evaluation.rows import RequestRow, ResultStore
 from seen.adapters import AudioLM
 from seen.audio import split_into_windows
 from seen.bundle import NoiseBundle
@@ -258,44 +256,6 @@ class Evaluator:
             answer=answer,
             agreement=self._agreement(index, answer),
         )
-
-
-class ResultStore:
-    """One CSV per finished (condition, method); a run with other settings refuses to reuse the folder."""
-
-    def __init__(self, folder: Path, fingerprint: dict[str, object]) -> None:
-        self.rows_dir = folder / "rows"
-        self.rows_dir.mkdir(parents=True, exist_ok=True)
-        manifest = folder / "run.json"
-        if manifest.exists():
-            previous = json.loads(manifest.read_text())
-            if previous != fingerprint:
-                changed = sorted(
-                    k for k in fingerprint.keys() | previous.keys() if fingerprint.get(k) != previous.get(k)
-                )
-                raise ValueError(f"{folder} holds a run with other settings ({', '.join(changed)}); use a new --out")
-        manifest.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-
-    def _path(self, condition: Condition, method: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-.@" else "_" for c in f"{condition.label}__{method}")
-        return self.rows_dir / f"{safe}.csv"
-
-    def has(self, condition: Condition, method: str) -> bool:
-        return self._path(condition, method).exists()
-
-    def load(self, condition: Condition, method: str) -> list[RequestRow] | None:
-        """The stored rows of one (condition, method), or None when it has not finished."""
-        path = self._path(condition, method)
-        return rows_from_csv(path) if path.exists() else None
-
-    def save(self, condition: Condition, method: str, rows: Sequence[RequestRow]) -> None:
-        path = self._path(condition, method)
-        partial = path.with_suffix(".partial")
-        rows_to_csv(list(rows), partial)
-        partial.replace(path)  # atomic: an interrupted write never looks finished
-
-    def load_all(self) -> list[RequestRow]:
-        return [row for path in sorted(self.rows_dir.glob("*.csv")) for row in rows_from_csv(path)]
 
 
 def run_all(

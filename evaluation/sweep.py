@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from calibration.pipeline import CalibrationConfig, CalibrationRows, ClipSet, calibrate_from_rows, record_rows
-from evaluation.analysis import RequestRow
 from evaluation.dataset import Dataset
-from evaluation.runner import CLEAN, Condition, Evaluator, ResultStore, parse_method, run_all
+from evaluation.rows import RequestRow, ResultStore
+from evaluation.runner import CLEAN, Condition, Evaluator, parse_method, run_all
 from evaluation.stats import correlation, roc_auc
 from seen.adapters import AudioLM
 from seen.basis import BasisOptions

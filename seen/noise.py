@@ -2,6 +2,9 @@
 
 Calibration and tests need noise that is reproducible from a seed and needs no downloaded corpus, so
 every generator here is pure numpy/scipy driven by ``np.random.default_rng(seed)``.
+
+Over 300 lines on purpose: one short generator per noise type, each documented, beside the one mixing
+rule they are all used with.
 """
 
 from __future__ import annotations

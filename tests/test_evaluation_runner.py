@@ -15,7 +15,8 @@ import soundfile as sf
 from cli.evaluate import _check_extras
 from cli.main import main
 from evaluation.dataset import DEFAULT_BABBLE_TALKERS, NoiseSource, load_dataset, parse_noise, speaker_of
-from evaluation.runner import Condition, Evaluator, ResultStore, parse_method, run_all, score_answer
+from evaluation.rows import ResultStore
+from evaluation.runner import Condition, Evaluator, parse_method, run_all, score_answer
 from seen.adapters import load_audio_lm
 from seen.audio import load_audio_file
 from seen.bundle import NoiseBundle
