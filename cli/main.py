@@ -1,29 +1,35 @@
-"""The ``seen`` command: one entry point, one subcommand module per area."""
+"""The ``seen`` command: one entry point, one subcommand module per area, each imported only when it runs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from cli import calibrate, convert, evaluate, noise, score, serve, sweep
+from cli.commands import COMMANDS
 from seen import __version__
 
-COMMANDS = (convert, calibrate, score, noise, serve, evaluate, sweep)
 EXPECTED_ERRORS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The full parser of the command named in ``argv``; every other command is a one-line stub."""
     parser = argparse.ArgumentParser(prog="seen", description="Noise-aware serving of audio-language models.")
     parser.add_argument("--version", action="version", version=f"seen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.register(commands)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    if chosen in COMMANDS:
+        importlib.import_module(COMMANDS[chosen][0]).register(commands)
+    for name, (_, help_text) in COMMANDS.items():
+        if name not in commands.choices:
+            commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(arguments).parse_args(arguments)
     try:
         return int(args.run(args))
     except EXPECTED_ERRORS as error:

@@ -8,11 +8,12 @@ from typing import Any
 
 import soundfile as sf
 
+from cli.commands import help_of
 from seen.noise import NOISE_TYPES, generate_noise
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("noise", help="write synthetic noise clips (white, pink, babble, ...)")
+    parser = commands.add_parser("noise", help=help_of("noise"))
     parser.add_argument("--kind", required=True, choices=NOISE_TYPES)
     parser.add_argument("--out", required=True, type=Path, help="folder to write WAV files into")
     parser.add_argument("--count", type=int, default=50, help="number of clips (default: 50)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from seen.adapters import AudioLM, load_audio_lm
+if TYPE_CHECKING:
+    from seen.adapters import AudioLM
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -19,4 +21,6 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True)
 
 
 def load_model(args: argparse.Namespace) -> AudioLM:
+    from seen.adapters import load_audio_lm  # torch and transformers: only when a model is loaded
+
     return load_audio_lm(args.model, device=args.device, dtype=args.dtype)

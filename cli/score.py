@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cli.commands import help_of
 from cli.options import add_model_options, load_model
 from seen.audio import AudioError, load_audio_file
 from seen.bundle import NoiseBundle
@@ -24,7 +25,7 @@ from seen.scoring import PatchedModel
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("score", help="SEE of audio files (no generation)")
+    parser = commands.add_parser("score", help=help_of("score"))
     add_model_options(parser)
     parser.add_argument("--bundle", required=True, type=Path, help="noise-basis bundle folder")
     parser.add_argument("--profile", help="bundle profile, or auto for the dominant one (default: the bundle's)")

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cli.commands import help_of
 from service.config import CONFIG_FILE_VARIABLE, Settings
 
 
@@ -28,7 +29,7 @@ def _option_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "serve",
-        help="serve a model with its noise bundle over HTTP (OpenAI-compatible)",
+        help=help_of("serve"),
         description="Every option is also read from SEEN_<OPTION> in the environment; options win.",
     )
     parser.add_argument("--config", help=f"TOML file of settings (same as {CONFIG_FILE_VARIABLE})")

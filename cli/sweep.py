@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli.commands import help_of
 from cli.evaluate import _check_extras, _floats, _names
 from cli.options import add_model_options, load_model
 from seen.hooks import SiteKind
@@ -20,7 +21,7 @@ def _ks(value: str) -> list[int | None]:
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "sweep",
-        help="measure a grid of SEEN configurations (site, layers, basis, k, lambda, routing) on one split",
+        help=help_of("sweep"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_options(parser)

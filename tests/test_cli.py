@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,23 @@ async def test_score_and_the_see_endpoint_give_the_same_report(
             else:
                 assert row[key] == value, key
         assert row["dominant_noise"] in ("white", "babble")
+
+
+def test_help_and_version_start_fast_and_import_no_model_stack() -> None:
+    """``seen --help`` and ``--version`` import the command table only: no torch, transformers or uvicorn."""
+    root = Path(__file__).resolve().parents[1]
+    probe = (
+        "import sys, time; start = time.perf_counter(); from cli.main import build_parser; build_parser([]); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'uvicorn', 'scipy') if m in sys.modules); "
+        "print(heavy, time.perf_counter() - start)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, check=True)
+    heavy, seconds = result.stdout.rsplit(" ", 1)
+    assert heavy == "[]" and float(seconds) < 1.0, result.stdout
+    for flag in ("--help", "--version"):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cli.main", flag], capture_output=True, check=True, cwd=root)
+        assert time.perf_counter() - started < 3.0  # interpreter start included; about 0.2 s on an idle CPU
+    noise = "import sys; from cli.main import build_parser; build_parser(['noise']); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", noise], capture_output=True, text=True, cwd=root, check=True)
+    assert result.stdout.strip() == "False"  # seen noise needs no model stack
