@@ -60,6 +60,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=128, help="longest answer generated")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
+    parser.add_argument("--language", help="spoken language (ISO 639-1) for speech recognizers, e.g. en")
     parser.add_argument("--out", required=True, type=Path, help="results folder (an interrupted run resumes here)")
     parser.set_defaults(run=run)
 
@@ -101,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
         "profile": args.profile or bundle.default_profile,
         "max_tokens": args.max_tokens,
         "seed": args.seed,
+        **({"language": args.language} if args.language else {}),  # absent when unset: older runs still resume
     }
     store = ResultStore(args.out, settings)
     evaluator = Evaluator.for_model(lm, bundle, dataset, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                          profile=args.profile, seed=args.seed)  # fmt: skip
+                          profile=args.profile, seed=args.seed, language=args.language)  # fmt: skip
     started = time.perf_counter()
     try:
         with tqdm(total=len(conditions), unit="condition", desc="evaluating") as bar:

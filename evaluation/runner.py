@@ -26,7 +26,7 @@ from evaluation.audio_measures import dnsmos, stoi, wada_snr
 from evaluation.dataset import Dataset, Item, NoiseSource, Task, normalize
 from evaluation.denoisers import DENOISERS, make_denoiser
 from evaluation.rows import RequestRow, ResultStore
-from seen.adapters import AudioLM
+from seen.adapters import AudioLM, SpeechTask
 from seen.audio import split_into_windows
 from seen.bundle import NoiseBundle
 from seen.noise import achieved_snr_db, mix_components
@@ -122,11 +122,15 @@ class Evaluator:
         max_tokens: int = 128,
         profile: str | None = None,
         seed: int = 0,
+        language: str | None = None,
     ) -> None:
         capabilities = backend.capabilities
         self.backend, self.dataset = backend, dataset
         self.sample_rate, self.window_seconds = capabilities.sample_rate, capabilities.window_seconds
         self.batch_size, self.seed = batch_size, seed
+        self.speech = SpeechTask("transcribe", language) if language else None
+        if self.speech is not None:
+            capabilities.check_task(self.speech)
         self.profile = profile or capabilities.default_profile
         if self.profile != AUTO_PROFILE and self.profile not in capabilities.profiles:
             allowed = ", ".join([*capabilities.profiles, AUTO_PROFILE])
@@ -184,7 +188,8 @@ class Evaluator:
         for item, model_input in zip(self.dataset.items, inputs, strict=True):
             windows = split_into_windows(model_input.audio, self.sample_rate, window)
             content = [{"type": "audio"} for _ in windows] + [{"type": "text", "text": item.question}]
-            jobs.append(GenerateJob([{"role": "user", "content": content}], windows, control, self.sampling))
+            conversation = [{"role": "user", "content": content}]
+            jobs.append(GenerateJob(conversation, windows, control, self.sampling, speech=self.speech))
         results = []
         for start in range(0, len(jobs), self.batch_size):
             for outcome in self.backend.generate(jobs[start : start + self.batch_size]):

@@ -155,3 +155,19 @@ async def test_multilingual_whisper_translates(whisper_dirs: dict[str, Path], tm
         )
     assert response.status_code == 200, response.text
     assert response.json()["task"] == "translate" and response.json()["noise_report"]["see"] >= 0
+
+
+def test_evaluation_passes_the_language_to_a_recognizer(english: AudioLM, whisper_bundle: Path) -> None:
+    from evaluation.dataset import Dataset, Item
+    from evaluation.runner import Evaluator
+    from seen.bundle import NoiseBundle
+
+    dataset = Dataset("tiny", "transcription", [Item("a", speechlike(1.0, 1), "Transcribe.", "hello")], "x")
+    bundle = NoiseBundle.load(whisper_bundle)
+    with pytest.raises(ValueError, match="English-only; language 'de'"):
+        Evaluator.for_model(english, bundle, dataset, language="de")
+    evaluator = Evaluator.for_model(english, bundle, dataset, language="en")
+    try:
+        assert evaluator.speech == SpeechTask("transcribe", "en")
+    finally:
+        evaluator.close()
