@@ -143,7 +143,11 @@ class Evaluator:
     def for_model(lm: AudioLM, bundle: NoiseBundle, dataset: Dataset, **options: Any) -> Evaluator:
         """An evaluator on the transformers backend the service runs (SEE measured the paper's way)."""
         backend = ModelBackend(lm, bundle, NoisePolicy(bundle), model_name="eval", see_method="exact")
-        return Evaluator(backend, dataset, **options)
+        try:
+            return Evaluator(backend, dataset, **options)
+        except BaseException:
+            backend.close()  # the patch is on the model: take it off before reporting the problem
+            raise
 
     def recover_clean_answers(self, rows: Sequence[RequestRow]) -> bool:
         """Take the clean answers from stored clean "none" rows; False if they do not cover this dataset."""
