@@ -36,6 +36,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY seen ./seen
 COPY calibration ./calibration
+COPY conversion ./conversion
 COPY service ./service
 COPY cli ./cli
 COPY demo ./demo
