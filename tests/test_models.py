@@ -116,3 +116,18 @@ def test_voxtral_prompt_matches_the_processor_layout(model_dirs: dict) -> None:
     expected = voxtral_audio_inputs(lm.tokenizer, lm.feature_extractor, clips, "What was said?")
     for key in ("input_ids", "attention_mask", "input_features"):
         torch.testing.assert_close(batch.inputs[key], expected[key], rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_very_short_clips_are_heard_then_silence(any_lm: AudioLM) -> None:
+    """A 2-sample or 50 ms clip is valid audio: it is padded with silence to the shortest the processor accepts."""
+    import numpy as np
+
+    tiny, short = np.full(2, 0.1, dtype=np.float32), speechlike(0.05, seed=4)
+    batch = any_lm.chat_batch([[MESSAGE]] * 2, [tiny, short])
+    assert batch.encoder_layout.n_clips == 2 and bool((batch.encoder_layout.frame_clip >= 0).any())
+    tokens = any_lm.generate(batch, max_new_tokens=2, do_sample=False)
+    assert tokens.shape[0] == 2
+    padded = any_lm.padded_short([short])[0]
+    assert len(padded) == round(any_lm.min_clip_seconds * any_lm.sample_rate)
+    assert np.array_equal(padded[: len(short)], short) and not padded[len(short) :].any()

@@ -247,3 +247,16 @@ async def test_readiness_queue_capacity_and_calibrated_ranges_are_exported(paths
                 labels = {"profile": name, "condition": condition, "percentile": quantile}
                 assert metric_value(scrape, "seen_calibrated_see_ratio", **labels) == pytest.approx(value)
         assert metric_value(scrape, "seen_noisy_threshold_ratio", profile=name) == pytest.approx(thresholds[name])
+
+
+async def test_clips_of_a_few_milliseconds_are_answered(paths: tuple[Path, Path]) -> None:
+    """2 to 960 samples used to fail inside the processor (500); they are valid audio and are answered."""
+    async with serving(*paths) as client:
+        for samples in (2, 480, 960):
+            clip = speechlike(1.0, samples)[:samples]
+            chat = await client.post("/v1/chat/completions", json=chat_body(clip))
+            files = {"file": ("a.wav", audio_bytes(clip), "audio/wav")}
+            transcribed = await client.post("/v1/audio/transcriptions", data={"model": MODEL_NAME}, files=files)
+            assert chat.status_code == 200, chat.text
+            assert transcribed.status_code == 200, transcribed.text
+            assert chat.json()["noise_report"]["clips"] == 1

@@ -66,6 +66,8 @@ class AudioLM:
     architecture: ClassVar[str]
     auto_model: ClassVar[Any] = AutoModelForMultimodalLM
     """The transformers auto class that loads this architecture."""
+    min_clip_seconds: ClassVar[float] = 0.1
+    """Shorter clips are padded with silence to this length: below it the processors give no audio frame."""
     answers_chat: ClassVar[bool] = True
     """False for speech recognizers, which transcribe whatever the question (the service refuses chat for them)."""
     encoder_layers_path: ClassVar[str] = "model.audio_tower.layers"
@@ -145,6 +147,12 @@ class AudioLM:
         """Longest clip the encoder sees in one window; longer audio must be refused or chunked."""
         return float(self.feature_extractor.chunk_length)
 
+    def padded_short(self, clips: Sequence[Clip]) -> list[Clip]:
+        """Clips shorter than :attr:`min_clip_seconds` followed by silence up to it (a 50 ms clip is valid audio:
+        the model hears it, then silence); longer clips unchanged."""
+        need = round(self.min_clip_seconds * self.sample_rate)
+        return [np.pad(clip, (0, need - len(clip))) if len(clip) < need else clip for clip in clips]
+
     def check_clips(self, clips: Sequence[Clip]) -> None:
         """Refuse what the feature extractor would otherwise truncate or choke on."""
         for index, clip in enumerate(clips):
@@ -172,7 +180,7 @@ class AudioLM:
         if not clips:
             raise ValueError("an encoder batch needs at least one clip")
         self.check_clips(clips)
-        return self._encoder_batch(clips)
+        return self._encoder_batch(self.padded_short(clips))
 
     def _encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
         raise NotImplementedError
@@ -203,7 +211,7 @@ class AudioLM:
         speech recognizers only (an audio LM's instruction is in the conversation's text).
         """
         self.check_clips(clips)
-        return self._chat_batch(conversations, clips, speech)
+        return self._chat_batch(conversations, self.padded_short(clips), speech)
 
     def _chat_batch(
         self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
