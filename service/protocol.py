@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
 
@@ -54,9 +54,24 @@ class SeenOptions(BaseModel):
     profile: str | None = Field(None, description="Noise profile of the bundle, or 'auto' for the dominant one.")
 
 
+def _valid_unicode(value: str) -> str:
+    """Refuse unpaired surrogates (e.g. a lone \\ud800 from a JSON escape): no tokenizer can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"text holds an unpaired surrogate (U+{ord(value[error.start]):04X}) at position {error.start}; "
+            "send valid Unicode"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class InputAudio(BaseModel):
@@ -83,7 +98,7 @@ ContentPart = Annotated[TextPart | InputAudioPart | AudioUrlPart, Field(discrimi
 
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
     name: str | None = None
 
 
@@ -102,7 +117,9 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Unset or 0: greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**64 - 1, description="Sampling seed: a 64-bit integer (torch's range)."
+    )
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
     stream: bool = False

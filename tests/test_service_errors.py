@@ -233,3 +233,21 @@ async def test_audio_urls_are_fetched_only_from_allowed_hosts(paths: tuple[Path,
     assert fetched.json()["noise_report"]["see"] == pytest.approx(inline.json()["noise_report"]["see"], abs=1e-6)
     assert_error(missing, 400, "audio_url_unreachable", "404")
     assert_error(other, 400, "audio_url_not_allowed", "'10.0.0.1'", "127.0.0.1")
+
+
+async def test_out_of_range_seed_and_unpaired_surrogates_are_refused_not_crashed(paths: tuple[Path, Path]) -> None:
+    """Both gave a 500 (torch.manual_seed overflow; a tokenizer that cannot encode U+D800)."""
+    async with serving(*paths) as client:
+        seed = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1), seed=2**64))
+        raw = (
+            '{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": '
+            '[{"type": "text", "text": "hi \\ud800 there"}]}]}' % MODEL_NAME
+        )
+        surrogate = await client.post(
+            "/v1/chat/completions", content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        largest = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1), seed=2**64 - 1))
+        healthy = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 2)))
+    assert_error(seed, 422, "invalid_schema", "seed")
+    assert_error(surrogate, 422, "invalid_schema", "unpaired surrogate (U+D800)")
+    assert largest.status_code == 200 and healthy.status_code == 200
