@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +240,8 @@ async def test_out_of_range_seed_and_unpaired_surrogates_are_refused_not_crashed
     """Both gave a 500 (torch.manual_seed overflow; a tokenizer that cannot encode U+D800)."""
     async with serving(*paths) as client:
         seed = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1), seed=2**64))
-        raw = (
-            '{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": '
-            '[{"type": "text", "text": "hi \\ud800 there"}]}]}' % MODEL_NAME
-        )
+        body = json.dumps(with_part({"type": "text", "text": "hi SURROGATE there"}))
+        raw = body.replace("SURROGATE", "\\ud800")  # a JSON escape no encoder would write
         surrogate = await client.post(
             "/v1/chat/completions", content=raw.encode(), headers={"content-type": "application/json"}
         )
