@@ -51,7 +51,9 @@ class SeenOptions(BaseModel):
 
     enabled: bool | None = None
     strength: float | None = Field(None, ge=0.0, le=2.0, description="Lambda of SEEN.")
-    profile: str | None = Field(None, description="Noise profile of the bundle, or 'auto' for the dominant one.")
+    profile: str | None = Field(
+        None, min_length=1, description="Noise profile of the bundle, or 'auto' for the dominant one."
+    )
 
 
 def _valid_unicode(value: str) -> str:
@@ -102,6 +104,10 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+class ResponseFormat(BaseModel):
+    type: Literal["text"]
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -122,6 +128,13 @@ class ChatCompletionRequest(BaseModel):
     )
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for OpenAI clients; only 0.")
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for OpenAI clients; only 0.")
+    logprobs: Literal[False] | None = Field(
+        None, description="Accepted for OpenAI clients; log-probabilities are not returned."
+    )
+    top_logprobs: Literal[0] | None = None
+    response_format: ResponseFormat | None = Field(None, description="Only plain text answers: {'type': 'text'}.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     seen: SeenOptions | None = None

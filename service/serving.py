@@ -109,6 +109,13 @@ class ServiceState:
             raise ApiError(400, str(error), code="unsupported_task", param=param) from error
 
     def check_model(self, requested: str) -> None:
+        if not requested:
+            raise ApiError(
+                400,
+                f"model is required: name the served model, {self.model_name!r}",
+                code="missing_model",
+                param="model",
+            )
         if requested != self.model_name:
             raise ApiError(
                 404,

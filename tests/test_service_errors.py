@@ -250,3 +250,23 @@ async def test_out_of_range_seed_and_unpaired_surrogates_are_refused_not_crashed
     assert_error(seed, 422, "invalid_schema", "seed")
     assert_error(surrogate, 422, "invalid_schema", "unpaired surrogate (U+D800)")
     assert largest.status_code == 200 and healthy.status_code == 200
+
+
+async def test_openai_neutral_parameters_are_accepted_and_the_rest_named(paths: tuple[Path, Path]) -> None:
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "response_format": {"type": "text"}}
+    async with serving(*paths) as client:
+        accepted = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1), **neutral))
+        penalty = await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 1), presence_penalty=0.5))
+        json_mode = await client.post(
+            "/v1/chat/completions", json=chat_body(speechlike(1.0, 1), response_format={"type": "json_object"})
+        )
+        empty_profile = await client.post(
+            "/v1/chat/completions", json=chat_body(speechlike(1.0, 1), seen={"profile": ""})
+        )
+        files = {"file": ("a.wav", audio_bytes(speechlike(1.0, 3)), "audio/wav")}
+        no_model = await client.post("/v1/audio/transcriptions", data={"model": ""}, files=files)
+    assert accepted.status_code == 200, accepted.text
+    assert_error(penalty, 422, "invalid_schema", "presence_penalty")
+    assert_error(json_mode, 422, "invalid_schema", "response_format")
+    assert_error(empty_profile, 422, "invalid_schema", "profile")
+    assert_error(no_model, 400, "missing_model", "model is required", MODEL_NAME)

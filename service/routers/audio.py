@@ -67,7 +67,7 @@ async def _run(
 async def transcriptions(
     state: State,
     file: Annotated[UploadFile, File(description="Audio file: wav, mp3, flac or ogg.")],
-    model: Annotated[str, Form()],
+    model: Annotated[str, Form(description="The served model's name (required)")] = "",
     prompt: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form(description="ISO 639-1 code of the spoken language")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
@@ -81,7 +81,7 @@ async def transcriptions(
 async def translations(
     state: State,
     file: Annotated[UploadFile, File(description="Audio file: wav, mp3, flac or ogg.")],
-    model: Annotated[str, Form()],
+    model: Annotated[str, Form(description="The served model's name (required)")] = "",
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
