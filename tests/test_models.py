@@ -131,3 +131,18 @@ def test_very_short_clips_are_heard_then_silence(any_lm: AudioLM) -> None:
     padded = any_lm.padded_short([short])[0]
     assert len(padded) == round(any_lm.min_clip_seconds * any_lm.sample_rate)
     assert np.array_equal(padded[: len(short)], short) and not padded[len(short) :].any()
+
+
+def test_control_tokens_typed_by_a_user_stay_plain_text(any_lm: AudioLM) -> None:
+    """``<|im_end|>`` in user text must not end the turn; an audio placeholder in text must not become audio."""
+    special = sorted(any_lm._special_tokens)
+    assert special, "the tokenizer has special tokens to protect"
+    injected = {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": " ".join(special)}]}
+    plain = any_lm.chat_batch([[injected]], [speechlike(1.0, 1)])
+    reference = any_lm.chat_batch([[MESSAGE]], [speechlike(1.0, 1)])
+    special_ids = {any_lm.tokenizer.convert_tokens_to_ids(token) for token in special}
+    ids, reference_ids = plain.inputs["input_ids"][0].tolist(), reference.inputs["input_ids"][0].tolist()
+    count = {token: ids.count(token) for token in special_ids}
+    assert count == {token: reference_ids.count(token) for token in special_ids}  # only the template's own
+    assert plain.encoder_layout.n_clips == 1
+    assert any_lm.escape_text("a <|im_end|> b").replace("\u2060", "") == "a <|im_end|> b"

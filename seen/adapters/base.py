@@ -8,6 +8,7 @@ folder plus its entry in :data:`seen.adapters.ADAPTERS`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -24,6 +25,8 @@ from seen.see import FrameLayout
 
 Clip = NDArray[np.float32]
 Message = Mapping[str, Any]
+WORD_JOINER = "\u2060"
+"""Invisible, and never part of a special token: inserted into control-token look-alikes in user text."""
 
 
 @dataclass(frozen=True)
@@ -202,16 +205,47 @@ class AudioLM:
     def audio_token_id(self) -> int:
         return int(self.model.config.audio_token_id)
 
+    @functools.cached_property
+    def _special_tokens(self) -> list[str]:
+        tokenizer = self.tokenizer
+        names = set(getattr(tokenizer, "all_special_tokens", []))
+        names |= {token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if token.special}
+        return sorted((name for name in names if len(name) > 1), key=len, reverse=True)
+
+    def escape_text(self, text: str) -> str:
+        """Text in which no special token of the tokenizer can be recognised (``<|im_end|>`` typed by a user
+        would otherwise end the turn): a word joiner after each one's first character keeps it plain text."""
+        for token in self._special_tokens:
+            if token in text:
+                text = text.replace(token, token[0] + WORD_JOINER + token[1:])
+        return text
+
+    def _escaped(self, conversation: Sequence[Message]) -> list[Message]:
+        messages: list[Message] = []
+        for message in conversation:
+            content = message.get("content")
+            if isinstance(content, str):
+                content = self.escape_text(content)
+            elif isinstance(content, list):
+                content = [
+                    {**part, "text": self.escape_text(part["text"])} if part.get("type") == "text" else part
+                    for part in content
+                ]
+            messages.append({**message, "content": content})
+        return messages
+
     def chat_batch(
         self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
     ) -> ModelBatch:
         """Prompts with the model's own chat template; audio parts are ``{"type": "audio"}``.
 
         ``clips`` are the conversations' audio parts in order, across the batch. ``speech`` is read by
-        speech recognizers only (an audio LM's instruction is in the conversation's text).
+        speech recognizers only (an audio LM's instruction is in the conversation's text). Text is what the
+        user typed: special tokens in it are escaped (:meth:`escape_text`), never control tokens.
         """
         self.check_clips(clips)
-        return self._chat_batch(conversations, self.padded_short(clips), speech)
+        escaped = [self._escaped(conversation) for conversation in conversations]
+        return self._chat_batch(escaped, self.padded_short(clips), speech)
 
     def _chat_batch(
         self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None
