@@ -67,7 +67,9 @@ class ServiceState:
     def admit(self, model: str, *, chat: bool = False, task: SpeechTask | None = None) -> AudioLimits:
         """The first step of every request: the model it names, a ready server, a request the model can serve."""
         self.check_model(model)
-        _, limits = self.serving()
+        engine, limits = self.serving()
+        if engine.at_capacity:  # admission control: no parsing or decoding of audio that would be refused
+            raise self._queue_full(f"{engine.max_queue_size} requests are already waiting")
         if chat:
             self.check_chat()
         if task is not None:
@@ -148,15 +150,17 @@ class ServiceState:
         outcome: GenerateOutcome = await self.submit(endpoint, job)
         return outcome
 
+    def _queue_full(self, reason: str) -> ApiError:
+        retry = {"Retry-After": str(self.settings.retry_after_seconds)}
+        return ApiError(503, f"the server is at capacity ({reason}); retry later", code="queue_full", headers=retry)
+
     async def _wait(self, submitted: Awaitable[T]) -> T:
         timeout = self.settings.request_timeout_seconds
         retry = {"Retry-After": str(self.settings.retry_after_seconds)}
         try:
             return await asyncio.wait_for(submitted, timeout)
         except QueueFull as error:
-            raise ApiError(
-                503, f"the server is at capacity ({error}); retry later", code="queue_full", headers=retry
-            ) from error
+            raise self._queue_full(str(error)) from error
         except EngineStopped as error:
             raise ApiError(503, str(error), code="shutting_down", headers=retry) from error
         except TimeoutError as error:

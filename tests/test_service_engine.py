@@ -11,7 +11,7 @@ import pytest
 
 from service.config import Settings
 from tests.conftest import speechlike
-from tests.service_helpers import chat_body, metric_value, serving
+from tests.service_helpers import MODEL_NAME, chat_body, metric_value, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -163,3 +163,23 @@ def test_incremental_decoding_streams_whole_characters_and_adds_up(model_dirs: d
     assert "".join(deltas) == text
     assert not any("\ufffd" in delta for delta in deltas)
     assert sum(1 for delta in deltas if delta == "") >= 4  # held back inside multi-byte characters
+
+
+async def test_a_full_queue_refuses_before_any_audio_is_decoded(
+    paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission comes first: under overload even undecodable audio gets the 503, not a 400 after decoding."""
+    from service.app import create_app
+    from service.engine.engine import Engine
+    from tests.service_helpers import running, settings
+
+    app = create_app(settings(*paths))
+    async with running(app) as client:
+        monkeypatch.setattr(Engine, "at_capacity", property(lambda self: True))
+        garbage = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+        body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": [garbage]}]}
+        response = await client.post("/v1/chat/completions", json=body)
+        scored = await client.post("/v1/see", json=body)
+    for refused in (response, scored):
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
+        assert refused.headers["retry-after"]

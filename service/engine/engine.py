@@ -65,6 +65,15 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._accepting = False
 
+    @property
+    def max_queue_size(self) -> int:
+        return self._queue.maxsize
+
+    @property
+    def at_capacity(self) -> bool:
+        """The queue is full: a request arriving now would be refused, so refuse it before decoding its audio."""
+        return self._queue.full()
+
     def attach_metrics(self, metrics: ServiceMetrics) -> None:
         """Record from now on (the server attaches after warm-up, so that it is not counted)."""
         self._metrics = metrics
