@@ -51,7 +51,7 @@ from transformers import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
 from seen.hooks import resolve_modules
-from seen.patch import SeenPatch, SeeReport
+from seen.patch import SeeMeasurement, SeenPatch
 from seen.see import FrameLayout
 
 TARGET_RATIO = 1.03
@@ -65,7 +65,7 @@ class Variant:
     """One measured configuration: how to run a forward, and the patch to hold installed while it runs."""
 
     label: str
-    run: Callable[[], SeeReport | None]
+    run: Callable[[], SeeMeasurement | None]
     patch: SeenPatch | None = None
     hook_timer: HookTimer | None = None
     times: list[float] = field(default_factory=list)
@@ -153,10 +153,10 @@ def plain_forward(encoder: nn.Module, features: torch.Tensor) -> Callable[[], No
 
 def patched_forward(
     encoder: nn.Module, patch: SeenPatch, features: torch.Tensor, valid_frames: torch.Tensor
-) -> Callable[[], SeeReport]:
+) -> Callable[[], SeeMeasurement]:
     strength = torch.ones(valid_frames.shape[0])  # SEEN on: lambda 1 for every clip
 
-    def run() -> SeeReport:
+    def run() -> SeeMeasurement:
         layout = FrameLayout.padded(valid_frames, WINDOW_FRAMES)
         with patch.scope(layout, strength=strength) as readout:
             encoder(features, attention_mask=None)
@@ -170,7 +170,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(variant: Variant, device: torch.device) -> tuple[float, float, float, SeeReport | None]:
+def timed(variant: Variant, device: torch.device) -> tuple[float, float, float, SeeMeasurement | None]:
     """Seconds of one run of ``variant``, of its hook bodies and of the encoder forward alone.
 
     Hooks are installed outside the timed region.
@@ -190,7 +190,7 @@ def timed(variant: Variant, device: torch.device) -> tuple[float, float, float, 
         return seconds, timer.total, timer.forward, report
 
 
-def check_report(report: SeeReport | None, label: str, clips: int, layers: int, profiles: int) -> None:
+def check_report(report: SeeMeasurement | None, label: str, clips: int, layers: int, profiles: int) -> None:
     """Fail loudly if the hooks did not fire: a patch that never runs would look free."""
     if report is None:
         raise RuntimeError(f"{label}: no SEE report")
@@ -200,9 +200,9 @@ def check_report(report: SeeReport | None, label: str, clips: int, layers: int, 
 
 def run_round(
     variants: Sequence[Variant], device: torch.device, order: Sequence[int], record: bool
-) -> list[SeeReport | None]:
+) -> list[SeeMeasurement | None]:
     """Run every variant once, in ``order``; reports come back in ``variants`` order."""
-    reports: dict[int, SeeReport | None] = {}
+    reports: dict[int, SeeMeasurement | None] = {}
     for index in order:
         seconds, hook_seconds, forward_seconds, reports[index] = timed(variants[index], device)
         if record:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from calibration.data import load_clip_set
 from calibration.importer import bundle_from_bases, read_basis_list
 from calibration.pipeline import CalibrationConfig, calibrate
-from calibration.report import print_report
+from calibration.summary import print_report
 from cli.commands import help_of
 from cli.options import add_model_options, load_model
 from seen.basis import BasisOptions

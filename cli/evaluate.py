@@ -77,7 +77,7 @@ def _check_extras(methods: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_extras(args.methods)
-    from evaluation.report import write_report  # matplotlib: only with the eval extra
+    from evaluation.markdown import write_report  # matplotlib: only with the eval extra
 
     if args.model is None and args.bundle is None:
         args.model, args.bundle = str(DEMO_MODEL_DIR), DEMO_BUNDLE_DIR

@@ -2,7 +2,7 @@
 
 Per condition the noisy inputs are mixed once, each denoiser runs once, and the raw-audio measures of
 every distinct input are computed once; the methods then share them. Generation goes through
-:class:`service.engine.runner.ModelBackend`, the batched backend the service runs, so the SEE, SEEN and
+:class:`service.engine.transformers_backend.ModelBackend`, the batched backend the service runs, so the SEE, SEEN and
 answers measured here are the ones a deployment gets. Finished conditions are stored one file each, so
 an interrupted run resumes where it stopped.
 
@@ -31,8 +31,8 @@ from seen.audio import split_into_windows
 from seen.bundle import NoiseBundle
 from seen.noise import achieved_snr_db, mix_components
 from seen.policy import AUTO_PROFILE, Control, NoisePolicy
-from service.engine.protocol import Backend, GenerateJob, Sampling
-from service.engine.runner import ModelBackend
+from service.engine.backend import Backend, GenerateJob, Sampling
+from service.engine.transformers_backend import ModelBackend
 
 SEEN_PREFIX = "seen-"
 ADAPTIVE = "seen-adaptive"

@@ -42,7 +42,7 @@ from seen.see import (
 
 
 @dataclass(frozen=True)
-class SeeReport:
+class SeeMeasurement:
     """Per-clip SEE of one forward, on the host."""
 
     profiles: tuple[str, ...]
@@ -78,8 +78,8 @@ class SeeReadout:
         self._state = state
         self._profiles = profiles
 
-    def report(self) -> SeeReport:
-        return SeeReport(self._profiles, self._state.see.cpu(), self._state.residual.cpu())
+    def report(self) -> SeeMeasurement:
+        return SeeMeasurement(self._profiles, self._state.see.cpu(), self._state.residual.cpu())
 
 
 class SeenPatch:

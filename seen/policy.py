@@ -1,6 +1,6 @@
 """The SEE policy: every rule that decides what a request's noise report says.
 
-From per-clip SEE (a :class:`seen.patch.SeeReport`) and the bundle's calibration statistics, the
+From per-clip SEE (a :class:`seen.patch.SeeMeasurement`) and the bundle's calibration statistics, the
 policy decides above which SEE a request is flagged noisy (:func:`derived_threshold`), how adaptive
 mode ramps lambda between the clean and the noisy range, which profile a request is neutralized with
 (``auto``: the dominant one), which noise type is dominant, and how a request's clips and layers are
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from seen.bundle import MERGED_PROFILE, NoiseBundle, NoiseProfile
-from seen.patch import SeeReport
+from seen.patch import SeeMeasurement
 
 AUTO_PROFILE = "auto"
 """Request value for ``seen.profile`` that neutralizes with the dominant noise profile of each request."""
@@ -141,7 +141,7 @@ class NoisePolicy:
         low, high = self._ramps[self.profiles[profile]]
         return control.strength * min(1.0, max(0.0, (see - low) / (high - low)))
 
-    def assess_scored(self, see: SeeReport, clips: Sequence[int], control: Control) -> NoiseAssessment:
+    def assess_scored(self, see: SeeMeasurement, clips: Sequence[int], control: Control) -> NoiseAssessment:
         """The report of a score-only pass: the profile and lambda the request would be neutralized with."""
         rows = torch.tensor(list(clips), dtype=torch.long)
         by_profile = see.see[rows].mean(dim=0)
@@ -151,8 +151,8 @@ class NoisePolicy:
 
     def assess(
         self,
-        see: SeeReport,
-        residual: SeeReport | None,
+        see: SeeMeasurement,
+        residual: SeeMeasurement | None,
         clips: Sequence[int],
         *,
         profile: int,

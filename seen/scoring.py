@@ -17,7 +17,7 @@ from torch import nn
 from seen.adapters import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.bundle import NoiseBundle
 from seen.hooks import SiteKind
-from seen.patch import SeenPatch, SeeReadout, SeeReport
+from seen.patch import SeeMeasurement, SeenPatch, SeeReadout
 
 CALIBRATION_PROMPT = "Transcribe the audio."
 """Text that accompanies each clip when a decoder site needs a prompt around the audio."""
@@ -70,20 +70,20 @@ class PatchedModel:
     # -- scoring --------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def score(self, clips: Sequence[Clip], batch_size: int = 8) -> SeeReport:
+    def score(self, clips: Sequence[Clip], batch_size: int = 8) -> SeeMeasurement:
         """SEE of each clip (paper definition: no neutralization), stopping after the last critical layer."""
         if not clips:
             raise ValueError("nothing to score: no clips")
         starts = range(0, len(clips), batch_size)
         reports = [self.score_batch(self.batch(clips[start : start + batch_size])) for start in starts]
-        return SeeReport(
+        return SeeMeasurement(
             reports[0].profiles,
             torch.cat([report.per_layer for report in reports]),
             torch.cat([report.residual_per_layer for report in reports]),
         )
 
     @torch.inference_mode()
-    def score_batch(self, batch: ModelBatch) -> SeeReport:
+    def score_batch(self, batch: ModelBatch) -> SeeMeasurement:
         """SEE of a batch already on the device, stopping after the last critical layer."""
         with self.patch.score(batch.layout(self.bundle.site)) as readout:
             self.lm.run_to_site(batch, self.bundle.site)

@@ -24,9 +24,9 @@ from seen.bundle import NoiseBundle
 from seen.noise import generate_noise
 from seen.policy import Control, NoisePolicy
 from service.config import Settings
+from service.engine.backend import GenerateJob, Sampling, ScoreJob
 from service.engine.engine import Engine
-from service.engine.protocol import GenerateJob, Sampling, ScoreJob
-from service.engine.runner import ModelBackend
+from service.engine.transformers_backend import ModelBackend
 from service.errors import install_error_handlers
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics, see_buckets

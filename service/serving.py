@@ -20,8 +20,8 @@ from seen.adapters import SpeechTask
 from seen.bundle import NoiseBundle
 from seen.policy import Control, NoisePolicy
 from service.config import Settings
+from service.engine.backend import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome
 from service.engine.engine import Engine, EngineStopped, QueueFull
-from service.engine.protocol import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome
 from service.errors import ApiError
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evaluation.analysis import analyze, best_auc, default_wrong_below
-from evaluation.report import write_report
+from evaluation.markdown import write_report
 from evaluation.rows import RequestRow, rows_from_csv, rows_to_csv
 
 SNRS = (0.0, 10.0, 20.0)

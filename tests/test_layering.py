@@ -93,7 +93,7 @@ def test_cli_and_evaluation_use_only_the_service_seams() -> None:
     backend protocol (and builds the transformers backend), never on the HTTP side or the engine's internals."""
     allowed = {
         "cli": {"service.config", "service.server"},
-        "evaluation": {"service.engine.protocol", "service.engine.runner"},
+        "evaluation": {"service.engine.backend", "service.engine.transformers_backend"},
     }
     offenders = {
         str(path.relative_to(ROOT)): sorted(

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engine.protocol import Backend, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
+from service.engine.backend import Backend, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers.generation.streamers import BaseStreamer
 
-from service.engine.protocol import TextSink
+from service.engine.backend import TextSink
 
 Decode = Callable[[Sequence[int]], str]
 

@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from seen.adapters import SpeechTask
 from service.dependencies import Authenticated, State
-from service.engine.protocol import GenerateJob, Sampling
+from service.engine.backend import GenerateJob, Sampling
 from service.inputs import prepare_upload
 from service.protocol import Transcription, VerboseTranscription
 from service.serving import ServiceState

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from service.dependencies import Authenticated, State
-from service.engine.protocol import GenerateJob, GenerateOutcome, Sampling
+from service.engine.backend import GenerateJob, GenerateOutcome, Sampling
 from service.errors import ApiError, error_body
 from service.inputs import prepare_messages
 from service.protocol import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.dependencies import Authenticated, State
-from service.engine.protocol import ScoreJob
+from service.engine.backend import ScoreJob
 from service.errors import ApiError
 from service.inputs import prepare_messages
 from service.protocol import ChatCompletionRequest, SeeResponse

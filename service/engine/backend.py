@@ -89,8 +89,8 @@ class Capabilities:
 class Backend(Protocol):
     """The device work behind the engine: a batch in, one outcome per job out, in order.
 
-    Implemented by :class:`service.engine.runner.ModelBackend` (transformers ``generate``); a second engine
-    implements the same four members. Streaming jobs get their text deltas through ``job.sink``.
+    Implemented by :class:`service.engine.transformers_backend.ModelBackend` (transformers ``generate``); a
+    second engine implements the same four members. Streaming jobs get their text deltas through ``job.sink``.
     """
 
     @property

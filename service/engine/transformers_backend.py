@@ -1,4 +1,4 @@
-"""The model backend: one batch of jobs through the patched model, on its device.
+"""The transformers backend: one batch of jobs through the patched model (transformers ``generate``), on its device.
 
 The SEEN patch is installed once, when the backend is built, and stays on for the process; every
 batch carries its own frame layout, per-clip lambda and profile through :meth:`SeenPatch.scope`.
@@ -17,11 +17,11 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from seen.adapters import AudioLM, Clip, Message, ModelBatch
 from seen.bundle import NoiseBundle
-from seen.patch import SeeReport
+from seen.patch import SeeMeasurement
 from seen.policy import AUTO_PROFILE, NoisePolicy
 from seen.scoring import PatchedModel
+from service.engine.backend import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.engine.clock import EncoderClock
-from service.engine.protocol import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.engine.streaming import BatchStreamer
 
 
@@ -92,7 +92,7 @@ class ModelBackend:
         speech = jobs[0].speech if isinstance(jobs[0], GenerateJob) else None  # the engine batches equal tasks
         return self.model.chat_batch(conversations, clips, speech)
 
-    def _score_pass(self, batch: ModelBatch) -> tuple[SeeReport, float]:
+    def _score_pass(self, batch: ModelBatch) -> tuple[SeeMeasurement, float]:
         """The paper's SEE: no edit, stopping after the last critical layer."""
         with self.clock.measuring() as encoder:
             report = self.model.score_batch(batch)

@@ -1,4 +1,4 @@
-"""The calibration's console report: the per-layer table and loud warnings about empty bases."""
+"""The calibration's console summary: the per-layer table and loud warnings about empty bases."""
 
 from __future__ import annotations
 
