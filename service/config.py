@@ -89,8 +89,8 @@ class Settings(BaseSettings):
 
     api_keys: Annotated[list[str], NoDecode] = []
     """Accepted bearer tokens for ``/v1/*``; empty means no authentication."""
-    host: str = "0.0.0.0"
-    """Interface to listen on."""
+    host: str = "127.0.0.1"
+    """Interface to listen on: this machine only by default; the image and the compose stack set ``0.0.0.0``."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

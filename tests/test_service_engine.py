@@ -183,3 +183,12 @@ async def test_a_full_queue_refuses_before_any_audio_is_decoded(
     for refused in (response, scored):
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
         assert refused.headers["retry-after"]
+
+
+def test_the_server_listens_on_this_machine_unless_told() -> None:
+    """Only the container image opens the port to the network (its environment sets SEEN_HOST=0.0.0.0)."""
+    from dockerfile_parse import DockerfileParser
+
+    assert Settings(model="m", bundle="b").host == "127.0.0.1"
+    dockerfile = DockerfileParser(path=str(Path(__file__).resolve().parents[1] / "Dockerfile"))
+    assert "SEEN_HOST=0.0.0.0" in dockerfile.content
