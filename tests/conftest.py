@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from seen.adapters import AudioLM, load_audio_lm
+from seen.bundle import NoiseBundle
 from tests.tiny_models import build_qwen2_5_omni_thinker, build_qwen2_audio, build_voxtral
 
 BUILDERS: dict[str, Callable[..., Path]] = {
@@ -52,22 +53,27 @@ def service_bundle(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPat
 
     Babble is the default because on this random model it is the profile that separates noise from speech.
     """
+    lm = load_audio_lm(str(model_dirs["qwen2_audio"]))
+    return synthetic_bundle(lm, default="babble", clips=10).save(tmp_path_factory.mktemp("bundle"))
+
+
+def synthetic_bundle(lm: AudioLM, *, default: str, clips: int) -> NoiseBundle:
+    """A bundle calibrated on synthetic speech with white and babble profiles, ``default`` non-empty."""
     from dataclasses import replace
 
     from calibration.pipeline import CalibrationConfig, ClipSet, calibrate
     from seen.basis import BasisOptions
     from seen.noise import generate_noise
 
-    lm = load_audio_lm(str(model_dirs["qwen2_audio"]))
-    clean = ClipSet("clean", [speechlike(2.0 + 0.1 * i, seed=i) for i in range(10)], "synthetic:speech")
+    clean = ClipSet("clean", [speechlike(2.0 + 0.1 * i, seed=i) for i in range(clips)], "synthetic:speech")
     noises = [
-        ClipSet(kind, [0.1 * generate_noise(kind, 32000, 16000, seed=i) for i in range(10)], f"synthetic:{kind}")
+        ClipSet(kind, [0.1 * generate_noise(kind, 32000, 16000, seed=i) for i in range(clips)], f"synthetic:{kind}")
         for kind in ("white", "babble")
     ]
     options = BasisOptions(alpha=0.99, delta=3.0, delta_mode="chance", center="per_set")
     bundle = calibrate(lm, clean, noises, CalibrationConfig(basis=options)).bundle
-    assert sum(bundle.profiles["babble"].ranks) > 0, "the test bundle needs a non-empty default profile"
-    return replace(bundle, default_profile="babble").save(tmp_path_factory.mktemp("bundle"))
+    assert sum(bundle.profiles[default].ranks) > 0, "the test bundle needs a non-empty default profile"
+    return replace(bundle, default_profile=default)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from seen.basis import BasisOptions
 from seen.hooks import SiteKind
 from seen.noise import generate_noise
 from seen.scoring import PatchedModel
-from tests.conftest import speechlike
+from tests.conftest import speechlike, synthetic_bundle
 from tests.service_helpers import MODEL_NAME, audio_bytes, chat_body, metric_value, serving
 from tests.tiny_whisper import build_whisper_ct2
 
@@ -38,15 +37,7 @@ def english(whisper_dirs: dict[str, Path]) -> AudioLM:
 
 @pytest.fixture(scope="module")
 def whisper_bundle(english: AudioLM, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    clean = ClipSet("clean", [speechlike(2.0 + 0.1 * i, seed=i) for i in range(8)], "synthetic:speech")
-    noises = [
-        ClipSet(kind, [0.1 * generate_noise(kind, 32000, 16000, seed=i) for i in range(8)], f"synthetic:{kind}")
-        for kind in ("white", "babble")
-    ]
-    options = BasisOptions(alpha=0.99, delta=3.0, delta_mode="chance", center="per_set")
-    bundle = calibrate(english, clean, noises, CalibrationConfig(basis=options)).bundle
-    assert sum(bundle.profiles["white"].ranks) > 0, "the test bundle needs a non-empty profile"
-    return replace(bundle, default_profile="white").save(tmp_path_factory.mktemp("whisper-bundle"))
+    return synthetic_bundle(english, default="white", clips=8).save(tmp_path_factory.mktemp("whisper-bundle"))
 
 
 def test_padding_never_enters_see_and_batching_does_not_change_it(english: AudioLM, whisper_bundle: Path) -> None:
