@@ -42,8 +42,6 @@ from safetensors.torch import save_file
 from conversion.ctranslate2 import FLOAT_DTYPES, Checkpoint, CheckpointError, model_files, read_model_bin
 
 WHISPER_SPEC = "WhisperSpec"
-KNOWN_CHECKPOINTS: dict[str, str] = {}
-"""SHA-256 of ``model.bin`` (parts joined) -> the Whisper release it holds (checked on the packaged models)."""
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
 
 
