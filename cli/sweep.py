@@ -42,6 +42,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--k", type=_ks, default=[None], help="directions per layer at most (auto: the recipe's)")
     parser.add_argument("--lambdas", type=_floats, default=[0.25, 0.5, 1.0], help="SEEN strengths")
     parser.add_argument("--routings", type=_names, default=["merged"], help="merged, auto, or a profile name")
+    parser.add_argument("--adaptive", action="store_true", help="also measure the adaptive mode (seen-adaptive)")
     parser.add_argument("--factorial", action="store_true", help="every combination instead of one axis at a time")
     parser.add_argument("--limit", type=int, help="first N rows of the dataset")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         args.lambdas,
         args.routings,
         factorial=args.factorial,
+        adaptive=args.adaptive,
     )
     lm = load_model(args)
     clean = load_clip_set("clean", args.clean, lm.sample_rate, lm.max_clip_seconds)
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     started = time.perf_counter()
-    steps = len({p.site for p in sweep.points}) + len(sweep.points) * (1 + len(sweep.routings))
+    steps = len({p.site for p in sweep.points}) + len(sweep.points) * (1 + len(sweep.routings)) + 1
     with tqdm(total=steps, unit="step", desc="sweeping") as bar:
 
         def step(text: str) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from calibration.pipeline import CalibrationConfig, CalibrationRows, ClipSet, calibrate_from_rows, record_rows
 from evaluation.dataset import Dataset
 from evaluation.rows import RequestRow, ResultStore
-from evaluation.runner import CLEAN, Condition, Evaluator, parse_method, run_all
+from evaluation.runner import ADAPTIVE, CLEAN, NONE, Condition, Evaluator, Method, parse_method, run_all
 from evaluation.stats import correlation, roc_auc
 from seen.adapters import AudioLM
 from seen.basis import BasisOptions
@@ -87,6 +87,13 @@ class Grid:
     points: list[BundlePoint]
     lambdas: list[float]
     routings: list[str]  # "merged", "auto", or any profile name
+    adaptive: bool = False  # also measure the adaptive mode (strength from the request's own SEE)
+
+    @property
+    def methods(self) -> list[Method]:
+        """The SEEN methods each configuration is measured with (the unprocessed baseline is shared)."""
+        methods = [parse_method(f"seen-{strength:g}") for strength in self.lambdas]
+        return methods + ([parse_method(ADAPTIVE)] if self.adaptive else [])
 
 
 def grid(
@@ -98,6 +105,7 @@ def grid(
     routings: Sequence[str],
     *,
     factorial: bool = False,
+    adaptive: bool = False,
 ) -> Grid:
     """The full product, or (default) the first value of every axis varied one axis at a time."""
     if factorial:
@@ -110,7 +118,7 @@ def grid(
         points += [replace(base, basis=b) for b in bases[1:]]
         points += [replace(base, k=k) for k in ks[1:]]
     unique = list(dict.fromkeys(points))
-    return Grid(unique, list(lambdas), list(routings))
+    return Grid(unique, list(lambdas), list(routings), adaptive)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ class Outcome:
 
     bundle: str
     routing: str
+    method: str  # seen-<lambda> or seen-adaptive
     strength: float
     directions: int
     clean_cost: float
@@ -133,11 +142,13 @@ def _mean_wer(rows: Iterable[RequestRow]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def outcomes(bundle_key: str, routing: str, directions: int, rows: Sequence[RequestRow]) -> list[Outcome]:
-    """Figures of each lambda, against the unprocessed rows of the same clips and conditions."""
-    none = {(r.noise, r.snr_db, r.clip): r for r in rows if r.method == "none"}
+def outcomes(
+    bundle_key: str, routing: str, directions: int, rows: Sequence[RequestRow], baseline: Sequence[RequestRow]
+) -> list[Outcome]:
+    """Figures of each SEEN method in ``rows`` against the unprocessed ``baseline`` of the same inputs."""
+    none = {(r.noise, r.snr_db, r.clip): r for r in baseline if r.method == NONE}
     results = []
-    for method in sorted({r.method for r in rows if r.method != "none"}):
+    for method in sorted({r.method for r in rows if r.method != NONE}):
         mine = [r for r in rows if r.method == method]
         clean = [r for r in mine if r.noise == CLEAN]
         noisy = [r for r in mine if r.noise != CLEAN]
@@ -162,6 +173,7 @@ def outcomes(bundle_key: str, routing: str, directions: int, rows: Sequence[Requ
             Outcome(
                 bundle_key,
                 routing,
+                method,
                 strength,
                 directions,
                 100 * clean_cost,
@@ -188,11 +200,23 @@ def run_sweep(
     seed: int = 0,
     on_step: Callable[[str], None] = lambda _: None,
 ) -> list[Outcome]:
-    """Record each site once, build and evaluate every bundle of the grid, and return every outcome."""
+    """Record each site once, build and evaluate every bundle of the grid, and return every outcome.
+
+    The unprocessed answers do not depend on the bundle, so they are generated once (``rows/baseline``) and
+    every configuration generates only its SEEN methods; SEE itself is measured before the edit, so each
+    configuration's own rows carry its detector figures.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    methods = [parse_method("none")] + [parse_method(f"seen-{strength:g}") for strength in sweep.lambdas]
+    methods = sweep.methods
     rows_by_site: dict[SiteKind, CalibrationRows] = {}
     results: list[Outcome] = []
+    baseline: list[RequestRow] | None = None
+    baseline_fingerprint = {
+        "dataset": dataset.fingerprint,
+        "conditions": [c.label for c in conditions],
+        "seed": seed,
+        "max_tokens": max_tokens,
+    }
     for point in sweep.points:
         folder = out / "bundles" / point.key
         config = CalibrationConfig(
@@ -233,10 +257,14 @@ def run_sweep(
                 seed=seed,
             )
             try:
+                if baseline is None:
+                    on_step("evaluating the unprocessed baseline")
+                    baseline_store = ResultStore(out / "rows" / "baseline", baseline_fingerprint)
+                    baseline = run_all(evaluator, baseline_store, conditions, [parse_method(NONE)])
                 rows = run_all(evaluator, store, conditions, methods)
             finally:
                 evaluator.close()
-            results.extend(outcomes(point.key, routing, directions, rows))
+            results.extend(outcomes(point.key, routing, directions, rows, baseline))
     (out / "outcomes.json").write_text(json.dumps([asdict(o) for o in results], indent=2) + "\n")
     return results
 
@@ -258,17 +286,17 @@ def pareto_front(results: Sequence[Outcome]) -> list[Outcome]:
 
 def markdown(results: Sequence[Outcome], title: str) -> str:
     lines = [f"# {title}", "", "Points: WER percentage points. Gain > 0 means SEEN lowered the WER.", ""]
-    header = "| bundle | routing | lambda | k total | clean cost | noisy gain | SEE AUC | pooled abs r |"
+    header = "| bundle | routing | method | k total | clean cost | noisy gain | SEE AUC | pooled abs r |"
     lines += ["## Pareto front (clean cost against noisy gain)", "", header, "| --- " * 8 + "|"]
     for o in pareto_front(results):
         lines.append(
-            f"| {o.bundle} | {o.routing} | {o.strength:g} | {o.directions} | {o.clean_cost:+.2f} | "
+            f"| {o.bundle} | {o.routing} | {o.method} | {o.directions} | {o.clean_cost:+.2f} | "
             f"{o.noisy_gain:+.2f} | {o.see_auc:.3f} | {o.see_abs_r:.3f} |"
         )
     lines += ["", "## Every configuration", "", header, "| --- " * 8 + "|"]
     for o in sorted(results, key=lambda o: -o.noisy_gain):
         lines.append(
-            f"| {o.bundle} | {o.routing} | {o.strength:g} | {o.directions} | {o.clean_cost:+.2f} | "
+            f"| {o.bundle} | {o.routing} | {o.method} | {o.directions} | {o.clean_cost:+.2f} | "
             f"{o.noisy_gain:+.2f} | {o.see_auc:.3f} | {o.see_abs_r:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -49,7 +49,7 @@ def test_one_axis_at_a_time_grid_and_layer_rules() -> None:
 
 def test_pareto_front_keeps_only_undominated_configurations() -> None:
     def outcome(name: str, cost: float, gain: float) -> Outcome:
-        return Outcome(name, "merged", 1.0, 4, cost, gain, {}, 0.5, 0.5)
+        return Outcome(name, "merged", "seen-1", 1.0, 4, cost, gain, {}, 0.5, 0.5)
 
     results = [outcome("a", 0.0, 1.0), outcome("b", 1.0, 3.0), outcome("c", 1.5, 2.0), outcome("d", 0.5, 0.5)]
     assert [o.bundle for o in pareto_front(results)] == ["a", "b"]
@@ -72,11 +72,25 @@ def test_sweep_runs_a_small_grid_and_resumes(tmp_path: Path, capsys: pytest.Capt
     ]
     arguments += ["--dataset", str(tmp_path / "data.csv"), "--noise", "white", "--snrs", "0", "--max-tokens", "3"]
     arguments += ["--sites", "encoder_ffn,encoder_residual", "--layers", "all", "--bases", "chance,contrastive,paired"]
-    arguments += ["--k", "auto,1", "--lambdas", "0.5,1", "--routings", "merged,auto", "--out", str(tmp_path / "sweep")]
+    arguments += [
+        "--k",
+        "auto,1",
+        "--lambdas",
+        "0.5,1",
+        "--adaptive",
+        "--routings",
+        "merged,auto",
+        "--out",
+        str(tmp_path / "sweep"),
+    ]
     assert main(arguments) == 0
     outcomes = json.loads((tmp_path / "sweep" / "outcomes.json").read_text())
-    assert len(outcomes) == 5 * 2 * 2  # bundles x routings x lambdas
-    assert {o["strength"] for o in outcomes} == {0.5, 1.0} and {o["routing"] for o in outcomes} == {"merged", "auto"}
+    assert len(outcomes) == 5 * 2 * 3  # bundles x routings x (two lambdas and the adaptive mode)
+    assert {o["method"] for o in outcomes} == {"seen-0.5", "seen-1", "seen-adaptive"}
+    assert {o["routing"] for o in outcomes} == {"merged", "auto"}
+    baseline = sorted(p.name for p in (tmp_path / "sweep" / "rows" / "baseline" / "rows").iterdir())
+    assert baseline == ["clean__none.csv", "white@0dB__none.csv"]  # the unprocessed answers, generated once
+    assert not any("none" in p.name for p in (tmp_path / "sweep" / "rows").rglob("*.csv") if "baseline" not in str(p))
     assert all(o["see_auc"] != o["see_auc"] or 0 <= o["see_auc"] <= 1 for o in outcomes)  # NaN when one class
     manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert manifest["points"][0] == "encoder_ffn__all__chance__kauto" and manifest["lambdas"] == [0.5, 1.0]
