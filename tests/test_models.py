@@ -146,3 +146,29 @@ def test_control_tokens_typed_by_a_user_stay_plain_text(any_lm: AudioLM) -> None
     assert count == {token: reference_ids.count(token) for token in special_ids}  # only the template's own
     assert plain.encoder_layout.n_clips == 1
     assert any_lm.escape_text("a <|im_end|> b").replace("\u2060", "") == "a <|im_end|> b"
+
+
+@torch.inference_mode()
+def test_audio_embeddings_are_the_rows_the_language_model_reads(any_lm: AudioLM) -> None:
+    """What an external engine is handed equals what the model itself puts at the audio tokens, SEEN on."""
+    clips = _clips()
+    batch = any_lm.chat_batch([[MESSAGE]] * 3, clips)
+    read: list[torch.Tensor] = []
+    language_model = any_lm.model.get_decoder()
+    handle = language_model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: read.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    paths, bases = _random_bases(any_lm, SiteKind.ENCODER_FFN)
+    patch = SeenPatch(any_lm.model, paths, bases)
+    try:
+        with patch.scope(batch.encoder_layout, torch.ones(3)):
+            any_lm.model(**batch.inputs)
+            embeddings = any_lm.audio_embeddings(batch)
+        plain = any_lm.audio_embeddings(batch)
+    finally:
+        handle.remove()
+    audio_positions = batch.inputs["input_ids"] == any_lm.audio_token_id
+    assert [len(rows) for rows in embeddings] == audio_positions.sum(-1).tolist()
+    for row, rows in enumerate(embeddings):
+        torch.testing.assert_close(rows, read[0][row][audio_positions[row]])
+    assert not torch.allclose(plain[0], embeddings[0])  # the patch acts on the embeddings handed out

@@ -162,3 +162,21 @@ def test_evaluation_passes_the_language_to_a_recognizer(english: AudioLM, whispe
         assert evaluator.speech == SpeechTask("transcribe", "en")
     finally:
         evaluator.close()
+
+
+@torch.inference_mode()
+def test_audio_embeddings_are_the_states_the_decoder_cross_attends_to(english: AudioLM) -> None:
+    clips = [speechlike(1.3, 3), speechlike(3.1, 4)]
+    batch = english.chat_batch([[]] * 2, clips, SpeechTask())
+    read: list[torch.Tensor] = []
+    decoder = english.model.get_submodule("model.decoder")
+    handle = decoder.register_forward_pre_hook(
+        lambda _m, _a, kwargs: read.append(kwargs["encoder_hidden_states"]), with_kwargs=True
+    )
+    try:
+        english.generate(batch, max_new_tokens=1, do_sample=False)
+    finally:
+        handle.remove()
+    embeddings = english.audio_embeddings(english.encoder_batch(clips))
+    assert [tuple(rows.shape) for rows in embeddings] == [(1500, english.model.config.d_model)] * 2
+    torch.testing.assert_close(torch.stack(embeddings), read[0])

@@ -188,8 +188,22 @@ class AudioLM:
     def _encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
         raise NotImplementedError
 
-    def run_encoder(self, batch: ModelBatch) -> None:
-        """Run the audio encoder alone (hooks may stop it after the layers they need)."""
+    def run_encoder(self, batch: ModelBatch) -> Any:
+        """Run the audio encoder alone (hooks may stop it after the layers they need); returns its output."""
+        raise NotImplementedError
+
+    def audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
+        """Per clip, the (tokens, hidden) rows the language model reads in place of the clip's audio.
+
+        The audio half of a request (encoder, then projector) under whatever patch is installed, so with
+        SEEN on the rows are already neutralized. An engine that runs the language model itself (vLLM)
+        takes them as precomputed audio embeddings. For Whisper they are the encoder states its decoder
+        cross-attends to.
+        """
+        with torch.inference_mode():
+            return self._audio_embeddings(batch)
+
+    def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def run_to_site(self, batch: ModelBatch, site: SiteKind) -> None:

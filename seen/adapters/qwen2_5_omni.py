@@ -9,6 +9,7 @@ audio placeholder is expanded here, as the processor would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -27,10 +28,15 @@ class Qwen25OmniThinker(AudioLM):
         inputs = self.window_features(clips)
         return ModelBatch(inputs, FrameLayout.packed(_encoder_frames(inputs["feature_attention_mask"].sum(-1))))
 
-    def run_encoder(self, batch: ModelBatch) -> None:
-        self.model.get_audio_features(
+    def run_encoder(self, batch: ModelBatch) -> Any:
+        return self.model.get_audio_features(
             batch.inputs["input_features"], feature_attention_mask=batch.inputs["feature_attention_mask"]
         )
+
+    def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
+        packed = self.run_encoder(batch).last_hidden_state  # the tower ends in its own projection
+        tokens = (_encoder_frames(batch.inputs["feature_attention_mask"].sum(-1)) - 2) // 2 + 1
+        return list(packed.split(tokens.tolist()))
 
     def _chat_batch(
         self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None

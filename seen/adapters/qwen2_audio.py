@@ -32,7 +32,7 @@ class Qwen2Audio(AudioLM):
         inputs = self.window_features(clips)
         return ModelBatch(inputs, self._layout(inputs["input_features"], inputs["feature_attention_mask"]))
 
-    def run_encoder(self, batch: ModelBatch) -> None:
+    def run_encoder(self, batch: ModelBatch) -> Any:
         # Qwen2AudioModel.forward builds this attention mask inline; the encoder alone needs it too.
         features = batch.inputs["input_features"]
         valid = self._valid_frames(batch.inputs["feature_attention_mask"])
@@ -44,7 +44,13 @@ class Qwen2Audio(AudioLM):
             inputs_embeds=torch.zeros(features.shape[0], window_frames, 1, dtype=self.dtype, device=features.device),
             attention_mask=frame_mask,
         )
-        tower(features, attention_mask=mask)
+        return tower(features, attention_mask=mask)
+
+    def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
+        states = self.run_encoder(batch).last_hidden_state
+        projected = self.model.get_submodule("model.multi_modal_projector")(states)
+        tokens = (self._valid_frames(batch.inputs["feature_attention_mask"]) - 2) // 2 + 1
+        return [rows[:count] for rows, count in zip(projected, tokens.tolist(), strict=True)]
 
     def _chat_batch(
         self, conversations: Sequence[Sequence[Message]], clips: Sequence[Clip], speech: SpeechTask | None = None

@@ -9,6 +9,7 @@ encoder frames, spread over its chunks in order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,17 @@ class Voxtral(AudioLM):
             chunks.append(features["input_features"])
         return ModelBatch({"input_features": torch.cat(chunks)}, self._chunk_layout(clips))
 
-    def run_encoder(self, batch: ModelBatch) -> None:
-        self.model.get_audio_features(batch.inputs["input_features"])
+    def run_encoder(self, batch: ModelBatch) -> Any:
+        return self.model.get_audio_features(batch.inputs["input_features"])
+
+    def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
+        # every window of a clip is read whole, padding included, as the prompt's audio tokens say
+        tokens_per_window = int(self.feature_extractor.nb_max_frames) // MEL_FRAMES_PER_TOKEN
+        owners = batch.encoder_layout.frame_clip.view(-1, self._window_frames()).amax(dim=1)
+        owners = torch.cummax(owners, 0).values  # an all-padding last window belongs to the clip before it
+        windows_per_clip = torch.bincount(owners, minlength=batch.encoder_layout.n_clips)
+        projected = self.run_encoder(batch).pooler_output
+        return list(projected.split((windows_per_clip * tokens_per_window).tolist()))
 
     def _token(self, text: str) -> int:
         return int(self.tokenizer.convert_tokens_to_ids(text))

@@ -84,8 +84,11 @@ class Whisper(AudioLM):
         inputs = self.window_features(clips)
         return ModelBatch(inputs, self._layout(inputs["feature_attention_mask"]))
 
-    def run_encoder(self, batch: ModelBatch) -> None:
-        self.model.get_submodule("model.encoder")(batch.inputs["input_features"])
+    def run_encoder(self, batch: ModelBatch) -> Any:
+        return self.model.get_submodule("model.encoder")(batch.inputs["input_features"])
+
+    def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
+        return list(self.run_encoder(batch).last_hidden_state)  # the decoder reads the whole window
 
     def run_to_site(self, batch: ModelBatch, site: SiteKind) -> None:
         self.check_site(site)
