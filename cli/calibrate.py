@@ -10,7 +10,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from calibration.data import load_clip_set
-from calibration.importer import bundle_from_bases, read_basis_list
+from calibration.importer import bundle_from_imports, check_profile_names, read_basis_file
 from calibration.pipeline import CalibrationConfig, calibrate
 from calibration.summary import print_report
 from cli.commands import help_of
@@ -24,6 +24,20 @@ def _noise_source(value: str) -> tuple[str, Path]:
     if not separator or not name or not folder:
         raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {value!r}")
     return name, Path(folder)
+
+
+SINGLE_PROFILE = "paper"
+"""Profile name of a single imported file given as a bare path without --profile."""
+
+
+def _basis_source(value: str) -> tuple[str | None, Path]:
+    """``NAME=FILE`` or a bare path (a path that exists is bare even when it holds '=')."""
+    if Path(value).is_file() or "=" not in value:
+        return None, Path(value)
+    name, _, file = value.partition("=")
+    if not name or not file:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
+    return name, Path(file)
 
 
 def _layers(value: str) -> list[int]:
@@ -63,11 +77,20 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run_calibrate)
 
     importer = commands.add_parser("import-basis", help=help_of("import-basis"))
-    importer.add_argument("file", type=Path, help="torch.save file holding a list of (D x k) tensors")
+    importer.add_argument(
+        "files",
+        nargs="+",
+        type=_basis_source,
+        metavar="[NAME=]FILE",
+        help="torch.save file holding a list of (D x k) tensors, one per layer; one profile each, named NAME "
+        "or the file's stem. Several files also give 'merged', the union of their subspaces, as the default",
+    )
     add_model_options(importer)
     importer.add_argument("--start-layer", required=True, type=int, help="encoder layer of the first basis")
     importer.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    importer.add_argument("--profile", default="paper", help="name of the imported noise profile")
+    importer.add_argument(
+        "--profile", default=None, help=f"name of the profile of a single bare FILE (default {SINGLE_PROFILE})"
+    )
     importer.set_defaults(run=run_import)
 
 
@@ -103,10 +126,25 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    sources: list[tuple[str | None, Path]] = args.files
+    if len(sources) > 1 and args.profile is not None:
+        raise ValueError("--profile names the profile of a single file; with several, name each as NAME=FILE")
+    if len(sources) == 1 and sources[0][0] is not None and args.profile is not None:
+        raise ValueError("give the profile name either as NAME=FILE or with --profile, not both")
+    if len(sources) == 1:
+        names = [sources[0][0] or args.profile or SINGLE_PROFILE]
+    else:
+        names = [name or path.stem for name, path in sources]
+    check_profile_names(names)
+    imports = [read_basis_file(name, path) for name, (_, path) in zip(names, sources, strict=True)]
     lm = load_model(args)
-    bases = read_basis_list(args.file)
-    bundle = bundle_from_bases(lm, bases, args.start_layer, profile=args.profile, source=str(args.file))
+    bundle = bundle_from_imports(lm, imports, args.start_layer)
     bundle.save(args.out)
-    ranks = ", ".join(str(k) for k in bundle.profiles[args.profile].ranks)
-    print(f"imported {len(bases)} layer bases (k = {ranks}) from layer {args.start_layer} into {args.out}")
+    for name, profile in bundle.profiles.items():
+        ranks = ", ".join(str(k) for k in profile.ranks)
+        print(f"{name}: k = {ranks}")
+    print(
+        f"imported {len(bundle.layers)} layer bases from layer {args.start_layer} into {args.out}: "
+        f"profiles {', '.join(bundle.profiles)}, default {bundle.default_profile}"
+    )
     return 0

@@ -9,6 +9,7 @@ an explicit option in :class:`BasisOptions` and is recorded in the bundle manife
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -109,6 +110,35 @@ def principal_directions(rows: torch.Tensor, alpha: float) -> tuple[torch.Tensor
     _, singular_values, vh = torch.linalg.svd(rows.double(), full_matrices=False)
     rank = energy_rank(singular_values, alpha)
     return vh[:rank].T.contiguous(), singular_values
+
+
+UNION_TOLERANCE = 1e-3
+"""Singular values of the stacked bases at or below this are directions already held by the others."""
+
+
+def union_basis(bases: Sequence[torch.Tensor], tolerance: float = UNION_TOLERANCE) -> torch.Tensor:
+    """An orthonormal (D, r) basis of the sum of the subspaces spanned by orthonormal (D, k_i) ``bases``.
+
+    The left singular vectors of ``[Q_1 ... Q_m]`` (float64) whose singular value exceeds
+    ``tolerance``. Every column of the stack has unit norm, so the singular values say how much of
+    the stack's span each direction is: a direction only one basis holds has sigma near 1, one that
+    two bases share sigma near sqrt(2), and a direction that is a combination of the others sigma 0.
+    For two subspaces at principal angle theta the pair gives sigma = sqrt(1 +- cos theta), so a
+    direction is counted once when two bases differ on it by less than theta ~ sqrt(2) x tolerance
+    (0.08 degrees at the default): shared directions are never double-counted, the rank is the rank
+    of the union, and the result is orthonormal to float32 precision, whatever the inputs' k.
+    """
+    if not bases:
+        raise ValueError("union_basis needs at least one basis")
+    widths = {int(basis.shape[0]) for basis in bases}
+    if len(widths) != 1 or any(basis.ndim != 2 for basis in bases):
+        raise ValueError(f"the bases differ in width: {[tuple(basis.shape) for basis in bases]}")
+    stacked = torch.cat([basis.double() for basis in bases], dim=1)
+    if stacked.shape[1] == 0:
+        return torch.zeros(widths.pop(), 0)
+    left, singular_values, _ = torch.linalg.svd(stacked, full_matrices=False)
+    rank = int((singular_values > tolerance).sum())
+    return left[:, :rank].float().contiguous()
 
 
 def _center(clean: torch.Tensor, noise: torch.Tensor, center: Centering) -> tuple[torch.Tensor, torch.Tensor]:

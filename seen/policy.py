@@ -121,7 +121,17 @@ class NoisePolicy:
             raise ValueError(f"unknown noise profile {name!r}; this bundle has: {allowed}")
 
     def dominant(self, see_by_profile: torch.Tensor) -> int:
-        """Index of the profile with the highest SEE, among the specific noise types when there are any."""
+        """Index of the profile with the highest SEE, among the specific noise types when there are any.
+
+        This is all ``auto`` routing uses: the bases (through each profile's SEE of the request) and
+        which profile is ``merged``. ``merged`` covers every type at once (calibrated: from all noise
+        clips together; imported: the exact union of the types' subspaces, :func:`seen.basis.union_basis`,
+        whose SEE is at least every type's), so it names no type and is never a candidate when there
+        are others. No calibration statistic enters the choice, so
+        an imported bundle, which has none, routes like a calibrated one; only the noisy flag and
+        adaptive lambda need the statistics. SEE is compared raw: of energy spread evenly over the
+        D dimensions a type with k directions holds k/D, a head start that is negligible for k << D.
+        """
         candidates = [self.profiles.index(name) for name in self._candidates]
         return candidates[int(see_by_profile[candidates].argmax())]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -11,8 +13,13 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from torch import nn
 
 from cli.main import main
+from seen.bundle import NoiseBundle
+from seen.patch import SeenPatch
+from seen.policy import AUTO_PROFILE, Control, NoisePolicy
+from seen.see import FrameLayout
 from tests.conftest import speechlike
 
 
@@ -69,6 +76,172 @@ def test_import_basis_command(workspace: dict[str, Path], capsys: pytest.Capture
     assert main([*args, "--start-layer", "1", "--out", str(out)]) == 0
     assert "k = 2" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["site"]["layers"] == [1]
+
+
+WIDTH = 64  # the tiny Qwen2-Audio's encoder FFN width; it has two encoder layers
+
+
+def _orthonormal(*columns: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(torch.stack(columns, dim=1))[0]
+
+
+@pytest.fixture(scope="module")
+def published(workspace: dict[str, Path]) -> dict[str, Path]:
+    """Three published noise types for layers 0 and 1 with different k; traffic shares a direction with crowd."""
+    generator = torch.Generator().manual_seed(7)
+    files: dict[str, list[torch.Tensor]] = {"crowd": [], "wind": [], "traffic": []}
+    for k_crowd, k_wind in ((3, 2), (2, 4)):
+        crowd = torch.linalg.qr(torch.randn(WIDTH, k_crowd, generator=generator))[0]
+        files["crowd"].append(crowd)
+        files["wind"].append(torch.linalg.qr(torch.randn(WIDTH, k_wind, generator=generator))[0])
+        files["traffic"].append(_orthonormal(crowd[:, 0], torch.randn(WIDTH, generator=generator)))
+    folder = workspace["root"] / "published"
+    folder.mkdir()
+    for name, bases in files.items():
+        torch.save(bases, folder / f"{name}.pt")
+    return {name: folder / f"{name}.pt" for name in files}
+
+
+def _import(workspace: dict[str, Path], out: Path, *sources: str | Path, extra: tuple[str, ...] = ()) -> int:
+    model = str(workspace["model"])
+    return main(["import-basis", *map(str, sources), "--model", model, "--start-layer", "0", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def three_types(workspace: dict[str, Path], published: dict[str, Path]) -> Path:
+    out = workspace["root"] / "three-types"
+    sources = [f"crowd={published['crowd']}", published["wind"], f"traffic={published['traffic']}"]
+    assert _import(workspace, out, *sources) == 0  # wind is named by its file's stem
+    return out
+
+
+def test_import_several_files_gives_each_type_and_their_exact_union(
+    workspace: dict[str, Path], published: dict[str, Path], three_types: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = three_types
+    bundle = NoiseBundle.load(out)
+    assert list(bundle.profiles) == ["crowd", "wind", "traffic", "merged"]
+    assert bundle.default_profile == "merged" and bundle.layers == [0, 1]
+    assert bundle.profiles["merged"].ranks == [3 + 2 + 1, 2 + 4 + 1]  # the shared direction counts once
+    for layer in range(2):
+        merged = bundle.profiles["merged"].bases[layer]
+        inputs = [torch.load(published[name], weights_only=True)[layer] for name in ("crowd", "wind", "traffic")]
+        assert torch.allclose(merged.T @ merged, torch.eye(merged.shape[1]), atol=1e-6)
+        for basis in inputs:
+            assert torch.allclose(merged @ (merged.T @ basis), basis, atol=1e-5)  # spans every input
+        assert merged.shape[1] == int(torch.linalg.matrix_rank(torch.cat(inputs, dim=1)))
+
+    record = json.loads((out / "manifest.json").read_text())["calibration"]
+    for name in ("crowd", "wind", "traffic"):
+        source = record["imported_from"][name]
+        assert source["path"] == str(published[name])
+        assert source["sha256"] == hashlib.sha256(published[name].read_bytes()).hexdigest()
+    assert record["merged"]["from"] == ["crowd", "wind", "traffic"]
+    assert record["merged"]["singular_value_tolerance"] > 0
+
+    # auto routing on the imported bundle works from the bases alone, through the CLI too
+    clip = workspace["root"] / "white" / "white_0000.wav"
+    args = ["score", "--model", str(workspace["model"]), "--bundle", str(out), "--profile", "auto", "--json"]
+    assert main([*args, str(clip)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["profile"] == row["dominant_noise"] and row["profile"] in {"crowd", "wind", "traffic"}
+    assert row["see_by_profile"]["merged"] >= max(row["see_by_profile"][t] for t in ("crowd", "wind", "traffic"))
+    assert row["noisy"] is None  # no calibration statistics, so no noisy threshold
+
+
+def test_auto_routes_activations_to_the_type_whose_subspace_holds_them(three_types: Path) -> None:
+    """Activations built in one type's subspace (plus a little isotropic energy) are routed to that type."""
+    bundle = NoiseBundle.load(three_types)
+    types = ["crowd", "wind", "traffic"]
+    generator = torch.Generator().manual_seed(3)
+    frames = 6
+    acts = []  # per layer: (clips, frames, D), clip c in type c's subspace
+    for layer in range(len(bundle.layers)):
+        clips = []
+        for name in types:
+            basis = bundle.profiles[name].bases[layer]
+            inside = torch.randn(frames, basis.shape[1], generator=generator) @ basis.T
+            clips.append(inside + 0.02 * torch.randn(frames, WIDTH, generator=generator))
+        acts.append(torch.stack(clips))
+
+    class Replay(nn.Module):
+        def __init__(self, output: torch.Tensor) -> None:
+            super().__init__()
+            self.output = nn.Parameter(output, requires_grad=False)  # the patch reads dtype and device here
+
+        def forward(self, _: torch.Tensor) -> torch.Tensor:
+            return self.output
+
+    model = nn.Sequential(*(Replay(layer_acts) for layer_acts in acts))
+    patch = SeenPatch(model, [str(i) for i in range(len(acts))], bundle.bases_by_profile())
+    with patch.score(FrameLayout.padded(torch.full((len(types),), frames), frames)) as readout:
+        model(torch.zeros(1))
+    measurement = readout.report()
+    policy = NoisePolicy(bundle)
+    control = Control(enabled=True, strength=1.0, profile=AUTO_PROFILE)
+    for clip, name in enumerate(types):
+        report = policy.assess_scored(measurement, [clip], control)
+        assert report.profile == report.dominant_noise == name
+        assert report.see > 0.9 and report.see_by_profile["merged"] >= report.see - 1e-6
+
+
+def test_identical_files_do_not_double_the_rank(
+    workspace: dict[str, Path], published: dict[str, Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "crowd-again.pt"
+    shutil.copyfile(published["crowd"], copy)
+    assert _import(workspace, tmp_path / "twice", published["crowd"], copy) == 0
+    bundle = NoiseBundle.load(tmp_path / "twice")
+    assert bundle.profiles["merged"].ranks == bundle.profiles["crowd"].ranks == [3, 2]
+
+
+def test_single_file_import_keeps_its_profile_option(
+    workspace: dict[str, Path], published: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert _import(workspace, tmp_path / "one", published["wind"], extra=("--profile", "gusts")) == 0
+    assert "gusts: k = 2, 4" in capsys.readouterr().out
+    bundle = NoiseBundle.load(tmp_path / "one")
+    assert list(bundle.profiles) == ["gusts"] and bundle.default_profile == "gusts"
+    assert _import(workspace, tmp_path / "named", f"wind={published['wind']}") == 0
+    assert list(NoiseBundle.load(tmp_path / "named").profiles) == ["wind"]
+    assert _import(workspace, tmp_path / "both", f"wind={published['wind']}", extra=("--profile", "x")) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_import_refusals_name_the_problem(
+    workspace: dict[str, Path], published: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generator = torch.Generator().manual_seed(11)
+    narrow, short, skewed = tmp_path / "narrow.pt", tmp_path / "short.pt", tmp_path / "skewed.pt"
+    torch.save([torch.linalg.qr(torch.randn(32, 2, generator=generator))[0]] * 2, narrow)
+    torch.save([torch.linalg.qr(torch.randn(WIDTH, 2, generator=generator))[0]], short)
+    torch.save([2 * torch.linalg.qr(torch.randn(WIDTH, 2, generator=generator))[0]] * 2, skewed)
+    (tmp_path / "other").mkdir()
+    same_stem = tmp_path / "other" / "crowd.pt"
+    shutil.copyfile(published["crowd"], same_stem)
+    crowd = published["crowd"]
+    cases = {
+        "narrow": ((crowd, narrow), (), [str(narrow), "shape (32, 2)", "(64, k)"]),
+        "short": ((crowd, short), (), [str(short), "holds 1 layer bases", "same layers"]),
+        "skewed": ((crowd, skewed), (), [str(skewed), "not orthonormal"]),
+        "duplicate": ((f"a={crowd}", f"a={published['wind']}"), (), ["profile 'a'", "NAME=FILE"]),
+        "same stem": ((crowd, same_stem), (), ["profile 'crowd'"]),
+        "merged": ((f"merged={crowd}", published["wind"]), (), ["'merged' is reserved"]),
+        "auto": ((f"auto={crowd}",), (), ["'auto' is reserved"]),
+        "profile": ((crowd, published["wind"]), ("--profile", "x"), ["--profile", "NAME=FILE"]),
+        "missing": ((crowd, tmp_path / "nope.pt"), (), ["nope.pt does not exist"]),
+    }
+    for case, (sources, extra, messages) in cases.items():
+        out = tmp_path / f"refused-{case}"
+        assert _import(workspace, out, *sources, extra=extra) == 2, case
+        error = capsys.readouterr().err
+        assert "seen import-basis: error:" in error, (case, error)
+        assert all(message in error for message in messages), (case, error)
+        assert not out.exists(), case
+    with pytest.raises(SystemExit):
+        _import(workspace, tmp_path / "x", "=nothing.pt")
+    assert "NAME=FILE" in capsys.readouterr().err
 
 
 def test_clear_errors(workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
