@@ -78,7 +78,7 @@ class TextPart(BaseModel):
 
 class InputAudio(BaseModel):
     data: str = Field(description="Base64-encoded audio file.")
-    format: str = Field(description="wav, mp3, flac or ogg.")
+    format: str = Field(description="wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")
 
 
 class InputAudioPart(BaseModel):

@@ -66,7 +66,7 @@ async def _run(
 @router.post("/transcriptions", response_model=None)
 async def transcriptions(
     state: State,
-    file: Annotated[UploadFile, File(description="Audio file: wav, mp3, flac or ogg.")],
+    file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")],
     model: Annotated[str, Form(description="The served model's name (required)")] = "",
     prompt: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form(description="ISO 639-1 code of the spoken language")] = None,
@@ -80,7 +80,7 @@ async def transcriptions(
 @router.post("/translations", response_model=None)
 async def translations(
     state: State,
-    file: Annotated[UploadFile, File(description="Audio file: wav, mp3, flac or ogg.")],
+    file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")],
     model: Annotated[str, Form(description="The served model's name (required)")] = "",
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
