@@ -30,7 +30,7 @@ from service.engine.transformers_backend import ModelBackend
 from service.errors import install_error_handlers
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics, see_buckets
-from service.middleware import BodyLimit, RequestMetrics
+from service.middleware import ApiKeys, BodyLimit, Cancellation, RequestMetrics
 from service.routers import audio, chat, health, models, see
 from service.serving import ServiceState
 
@@ -131,7 +131,12 @@ def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None]
         app.include_router(router)
     install_error_handlers(app, metrics)
     body_limit = int(settings.max_audio_bytes * BODY_OVERHEAD) + BODY_SLACK_BYTES
-    app.add_middleware(BodyLimit, max_bytes=body_limit, metrics=metrics)
+    # added innermost first: metrics, then cancellation, then the key, then the body limit see a request
+    app.add_middleware(
+        BodyLimit, max_bytes=body_limit, read_timeout=settings.body_read_timeout_seconds, metrics=metrics
+    )
+    app.add_middleware(ApiKeys, keys=settings.api_keys, prefix="/v1/", metrics=metrics)
+    app.add_middleware(Cancellation, on_cut_off=state.count_cut_off)
     endpoints = [getattr(route, "path", "") for router in ROUTERS for route in router.routes]
     app.add_middleware(RequestMetrics, metrics=metrics, endpoints=endpoints)
     return app

@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(1, ge=1)
     """``Retry-After`` sent with 503 answers (queue full, model loading)."""
     shutdown_grace_seconds: float = Field(30.0, ge=0.0)
-    """On SIGTERM, how long in-flight requests may take to finish before the process exits anyway."""
+    """On SIGTERM, how long in-flight requests may take to finish; those cut off get 503 and the exit code is 1."""
+    body_read_timeout_seconds: float = Field(30.0, gt=0.0)
+    """A request body that sends nothing for this long is answered 408 and its connection closed."""
+    header_read_timeout_seconds: float = Field(10.0, gt=0.0)
+    """A connection whose request headers are not complete within this time is closed (slow clients)."""
 
     max_audio_seconds: float = Field(30.0, gt=0.0)
     """Longest audio accepted per request part; also capped by the model's window unless chunking is on."""
@@ -68,6 +72,9 @@ class Settings(BaseSettings):
 
     max_tokens_default: int = Field(256, ge=1)
     """Completion length when a request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
+    max_prompt_tokens: int = Field(8192, ge=1)
+    """Most tokens the text of a chat request may take (the model's context caps it too); longer prompts
+    get 400 before they are queued, since prefill time grows with the square of their length."""
     max_tokens_limit: int = Field(4096, ge=1)
     """Longest completion a request may ask for."""
 

@@ -132,6 +132,17 @@ async def _fetch(
     return b"".join(chunks), suffix if suffix in SUPPORTED_FORMATS else None
 
 
+def message_text(messages: Sequence[ChatMessage]) -> str:
+    """All the text of a conversation, as the prompt-length check counts it."""
+    texts = []
+    for message in messages:
+        if isinstance(message.content, str):
+            texts.append(message.content)
+        else:
+            texts.extend(part.text for part in message.content or [] if isinstance(part, TextPart))
+    return "\n".join(texts)
+
+
 async def prepare_messages(
     messages: Sequence[ChatMessage], limits: AudioLimits, client: httpx.AsyncClient | None = None
 ) -> PreparedAudio:

@@ -28,6 +28,8 @@ from service.metrics import ServiceMetrics
 from service.protocol import SeenOptions
 
 T = TypeVar("T")
+CHARACTERS_PER_TOKEN = 16
+"""Bound on characters per allowed prompt token: beyond it a prompt is refused without being tokenized."""
 T_Job = TypeVar("T_Job", ScoreJob, GenerateJob)
 
 
@@ -45,6 +47,11 @@ class ServiceState:
     created: int = 0
     http: httpx.AsyncClient | None = None
     loader: asyncio.Task[None] | None = field(default=None, repr=False)
+    cut_off: int = 0
+    """Requests the shutdown grace period ended before they were answered (the exit code reports them)."""
+
+    def count_cut_off(self) -> None:
+        self.cut_off += 1
 
     @property
     def model_name(self) -> str:
@@ -88,6 +95,31 @@ class ServiceState:
             seconds = sum(len(clip) for clip in job.clips) / limits.sample_rate
             self.metrics.audio_duration.labels(self.model_name, endpoint).observe(seconds)
         return outcome
+
+    def check_prompt(self, text: str) -> None:
+        """400 for a prompt text over the limit (the setting or the model's context, the smaller), before queueing.
+
+        Text longer than ``CHARACTERS_PER_TOKEN`` characters per allowed token is refused without tokenizing it.
+        """
+        if self.capabilities is None:
+            return
+        limit = min(self.settings.max_prompt_tokens, self.capabilities.context_tokens)
+        if len(text) > limit * CHARACTERS_PER_TOKEN:
+            raise ApiError(
+                400,
+                f"the messages' text is {len(text)} characters; this server accepts at most {limit} tokens "
+                f"(and never more than {limit * CHARACTERS_PER_TOKEN} characters)",
+                code="prompt_too_long",
+                param="messages",
+            )
+        tokens = self.capabilities.count_text_tokens(text)
+        if tokens > limit:
+            raise ApiError(
+                400,
+                f"the messages' text is {tokens} tokens; this server accepts at most {limit}",
+                code="prompt_too_long",
+                param="messages",
+            )
 
     def check_chat(self) -> None:
         """Speech recognizers transcribe whatever is asked: a chat request gets a 400 that says where to go."""

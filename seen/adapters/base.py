@@ -93,6 +93,16 @@ class AudioLM:
     def text_config(self) -> Any:
         return self.model.config.text_config
 
+    @property
+    def context_tokens(self) -> int:
+        """Positions the language model was trained for: the most a prompt may hold."""
+        config = self.text_config
+        return int(getattr(config, "max_position_embeddings", None) or config.max_target_positions)
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens the text alone takes in a prompt (chat markup and audio tokens are extra)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def identity(self) -> ModelIdentity:
         """The config fields the bases depend on; a bundle is refused when any differs."""
         audio, text = self.audio_config, self.text_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +37,9 @@ class ScoreJob:
     conversation: Sequence[Message]
     clips: Sequence[Clip]
     control: Control
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, kw_only=True)
+    """Set when nobody waits for the answer any more (client gone, timeout, shutdown): a backend stops the
+    job's generation at its next token."""
 
 
 @dataclass
@@ -66,7 +70,7 @@ class ScoreOutcome:
 @dataclass(frozen=True)
 class GenerateOutcome:
     text: str
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "cancelled" (never sent: nobody is waiting)
     prompt_tokens: int
     completion_tokens: int
     report: NoiseAssessment | None
@@ -84,6 +88,10 @@ class Capabilities:
     window_seconds: float
     profiles: tuple[str, ...]
     default_profile: str
+    context_tokens: int
+    """The language model's positions: no prompt may take more."""
+    count_text_tokens: Callable[[str], int]
+    """Tokens a text takes in a prompt (thread-safe: a fast tokenizer, no model)."""
 
 
 class Backend(Protocol):

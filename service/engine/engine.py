@@ -84,7 +84,11 @@ class Engine:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="seen-engine")
 
     async def stop(self) -> None:
-        """Refuse new work, finish everything queued or running, then release the device thread."""
+        """Refuse new work, finish everything queued or running, then release the device thread.
+
+        The server calls this after its drain grace period, when the requests still waiting have been
+        cancelled: their jobs are skipped, or stopped at their next token, so this returns promptly.
+        """
         self._accepting = False
         if self._task is not None:
             await self._queue.join()
@@ -104,11 +108,12 @@ class Engine:
         if not self._accepting:
             raise EngineStopped("the server is shutting down")
         pending = _Pending(job, asyncio.get_running_loop().create_future())
+        pending.future.add_done_callback(lambda future: job.cancelled.set() if future.cancelled() else None)
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
             raise QueueFull(f"{self._queue.maxsize} requests are already waiting") from None
-        return await pending.future  # a caller's timeout cancels the future; the loop then skips the job
+        return await pending.future  # a cancelled caller cancels the future: the job is skipped or stopped
 
     async def _loop(self) -> None:
         while True:

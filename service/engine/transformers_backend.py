@@ -26,14 +26,20 @@ from service.engine.streaming import BatchStreamer
 
 
 class _PerRequestLimit(StoppingCriteria):
-    """Ends each row at its own ``max_tokens`` so requests with different limits share one generate."""
+    """Ends each row at its own ``max_tokens``, or at the next token once its job is cancelled, so requests
+    with different limits share one generate and a departed client's row costs nothing more."""
 
-    def __init__(self, prompt_length: int, limits: torch.Tensor) -> None:
+    def __init__(self, prompt_length: int, limits: torch.Tensor, jobs: Sequence[ScoreJob]) -> None:
         self.prompt_length = prompt_length
         self.limits = limits
+        self.jobs = jobs
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return (input_ids.shape[1] - self.prompt_length) >= self.limits
+        done = (input_ids.shape[1] - self.prompt_length) >= self.limits
+        cancelled = [job.cancelled.is_set() for job in self.jobs]  # host flags: no device sync
+        if any(cancelled):
+            done = done | torch.tensor(cancelled, device=done.device)
+        return done
 
 
 class ModelBackend:
@@ -74,6 +80,8 @@ class ModelBackend:
             window_seconds=lm.max_clip_seconds,
             profiles=self.policy.profiles,
             default_profile=self.policy.default_profile,
+            context_tokens=lm.context_tokens,
+            count_text_tokens=lm.count_text_tokens,
         )
 
     # -- batches ------------------------------------------------------------------------------------
@@ -159,6 +167,8 @@ class ModelBackend:
         prompt_tokens = self.model.prompt_tokens(batch)
         for index, job in enumerate(jobs):
             text, finish, count = self._finish(tokens[index].tolist(), job.sampling.max_tokens, job.sampling.stop)
+            if job.cancelled.is_set():
+                finish = "cancelled"
             noise = None
             if rows[index] and inline is not None:
                 noise = self.policy.assess(
@@ -179,7 +189,7 @@ class ModelBackend:
             "max_new_tokens": max(limits),
             "pad_token_id": self._pad_id,
             "stopping_criteria": StoppingCriteriaList(
-                [_PerRequestLimit(prompt_length, torch.tensor(limits, device=self.device))]
+                [_PerRequestLimit(prompt_length, torch.tensor(limits, device=self.device), jobs)]
             ),
         }
         if sampling.temperature > 0:

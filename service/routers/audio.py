@@ -12,13 +12,13 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from seen.adapters import SpeechTask
-from service.dependencies import Authenticated, State
+from service.dependencies import State
 from service.engine.backend import GenerateJob, Sampling
 from service.inputs import prepare_upload
 from service.protocol import Transcription, VerboseTranscription
 from service.serving import ServiceState
 
-router = APIRouter(prefix="/v1/audio", tags=["audio"], dependencies=[Authenticated])
+router = APIRouter(prefix="/v1/audio", tags=["audio"])
 
 INSTRUCTIONS = {
     "transcribe": "Transcribe the audio exactly, word for word.",

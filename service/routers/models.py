@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.dependencies import Authenticated, State
+from service.dependencies import State
 from service.protocol import ModelCard, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Authenticated])
+router = APIRouter(prefix="/v1", tags=["models"])
 
 
 def _card(state: State) -> ModelCard:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.dependencies import Authenticated, State
+from service.dependencies import State
 from service.engine.backend import ScoreJob
 from service.errors import ApiError
 from service.inputs import prepare_messages
 from service.protocol import ChatCompletionRequest, SeeResponse
 
-router = APIRouter(prefix="/v1", tags=["see"], dependencies=[Authenticated])
+router = APIRouter(prefix="/v1", tags=["see"])
 
 
 @router.post("/see")
