@@ -5,26 +5,24 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
-
 from calibration.pipeline import ClipSet
 from seen.adapters import Clip
-from seen.audio import decode_audio, list_audio_files, split_into_windows
+from seen.audio import decode_audio, is_digital_silence, list_audio_files, split_into_windows
 
 MIN_SEGMENT_SECONDS = 0.5
 """Tails of split clips shorter than this carry too few frames to pool and are left out."""
 
 
 def calibration_segments(clip: Clip, sample_rate: int, window_seconds: float) -> list[Clip]:
-    """A clip as calibration rows: one per window, short or all-zero tails left out.
+    """A clip as calibration rows: one per window, short tails and digital silence left out.
 
     Calibration rows are clip means, so a long recording becomes several rows instead of being
-    truncated to its first window.
+    truncated to its first window; silence carries neither speech nor noise, so it is no row at all.
     """
-    segments = split_into_windows(clip, sample_rate, window_seconds)
+    segments = [s for s in split_into_windows(clip, sample_rate, window_seconds) if not is_digital_silence(s)]
     if len(segments) == 1:
         return segments
-    return [s for s in segments if len(s) >= MIN_SEGMENT_SECONDS * sample_rate and np.abs(s).max() > 0]
+    return [s for s in segments if len(s) >= MIN_SEGMENT_SECONDS * sample_rate]
 
 
 def load_clip_set(name: str, folder: str | Path, sample_rate: int, window_seconds: float) -> ClipSet:

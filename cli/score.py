@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cli.commands import help_of
 from cli.options import add_model_options, load_model
-from seen.audio import AudioError, load_audio_file
+from seen.audio import AudioError, is_digital_silence, load_audio_file
 from seen.bundle import NoiseBundle
 from seen.policy import Control, NoiseAssessment, NoisePolicy
 from seen.scoring import PatchedModel
@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     rows: list[tuple[Path, NoiseAssessment]] = []
     if clips:
         report = scorer.score(clips, args.batch_size)
-        rows = [(path, policy.assess_scored(report, [index], control)) for index, path in enumerate(paths)]
+        rows = [
+            (path, policy.assess_scored(report, [index], control, silent_clips=int(is_digital_silence(clips[index]))))
+            for index, path in enumerate(paths)
+        ]
     if args.json:
         for path, assessment in rows:
             print(json.dumps({"path": str(path), **asdict(assessment)}))

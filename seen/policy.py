@@ -63,6 +63,8 @@ class NoiseAssessment:
     """Profile with the highest SEE among the specific noise types, when the bundle has several profiles."""
     clips: int
     """Audio parts (or window-long chunks) the values are averaged over."""
+    silent_clips: int = 0
+    """Of those, clips that are digital silence (a muted microphone): served, but their SEE says nothing."""
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,24 @@ class NoisePolicy:
         low, high = self._ramps[self.profiles[profile]]
         return control.strength * min(1.0, max(0.0, (see - low) / (high - low)))
 
-    def assess_scored(self, see: SeeMeasurement, clips: Sequence[int], control: Control) -> NoiseAssessment:
+    def assess_scored(
+        self, see: SeeMeasurement, clips: Sequence[int], control: Control, *, silent_clips: int = 0
+    ) -> NoiseAssessment:
         """The report of a score-only pass: the profile and lambda the request would be neutralized with."""
         rows = torch.tensor(list(clips), dtype=torch.long)
         by_profile = see.see[rows].mean(dim=0)
         profile = self.profile_index(control, by_profile)
         strength = self.strength(control, profile, float(by_profile[profile]))
-        return self.assess(see, None, clips, profile=profile, control=control, strength=strength, method="exact")
+        return self.assess(
+            see,
+            None,
+            clips,
+            profile=profile,
+            control=control,
+            strength=strength,
+            method="exact",
+            silent_clips=silent_clips,
+        )
 
     def assess(
         self,
@@ -169,6 +182,7 @@ class NoisePolicy:
         control: Control,
         strength: float,
         method: str,
+        silent_clips: int = 0,
     ) -> NoiseAssessment:
         """Average one request's clips (rows ``clips`` of the reports) into its noise report.
 
@@ -201,4 +215,5 @@ class NoisePolicy:
             threshold=threshold,
             dominant_noise=self.profiles[self.dominant(by_profile)] if len(self.profiles) > 1 else None,
             clips=len(rows),
+            silent_clips=silent_clips,
         )

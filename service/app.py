@@ -73,6 +73,7 @@ async def load_model(state: ServiceState) -> None:
         chunk_long_audio=settings.chunk_long_audio and lm.answers_chat,
         max_bytes=settings.max_audio_bytes,
         url_allowlist=tuple(settings.audio_url_allowlist),
+        url_fetch_seconds=min(settings.audio_url_timeout_seconds, settings.request_timeout_seconds),
     )
     state.engine = engine
     if settings.warmup:

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     """Split audio longer than the model's window into consecutive window-long parts instead of refusing it."""
     audio_url_allowlist: Annotated[list[str], NoDecode] = []
     """Hosts from which ``audio_url`` parts may be fetched; empty means remote audio is never fetched."""
+    audio_url_timeout_seconds: float = Field(10.0, gt=0.0)
+    """Deadline of one ``audio_url`` fetch, whole body included (never more than the request timeout)."""
 
     max_tokens_default: int = Field(256, ge=1)
     """Completion length when a request sets neither ``max_tokens`` nor ``max_completion_tokens``."""

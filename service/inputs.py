@@ -10,6 +10,7 @@ split into window-long parts: nothing is truncated.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ class AudioLimits:
     chunk_long_audio: bool
     max_bytes: int
     url_allowlist: tuple[str, ...] = ()
+    url_fetch_seconds: float = 10.0
+    """Deadline of one ``audio_url`` fetch, however slowly the remote host sends."""
 
     @property
     def accepted_seconds(self) -> float:
@@ -117,13 +120,20 @@ async def _fetch(
             param=param,
         )
     try:
-        async with client.stream("GET", url) as response:
+        async with asyncio.timeout(limits.url_fetch_seconds), client.stream("GET", url) as response:
             response.raise_for_status()
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 check_size(size, limits, param, f"audio at {url}")
                 chunks.append(chunk)
+    except TimeoutError as error:
+        raise ApiError(
+            400,
+            f"audio_url {url} was not fetched within {limits.url_fetch_seconds:g} s",
+            code="audio_url_timeout",
+            param=param,
+        ) from error
     except httpx.HTTPError as error:
         raise ApiError(
             400, f"could not fetch audio_url {url}: {error}", code="audio_url_unreachable", param=param

@@ -42,6 +42,11 @@ class NoiseReport(BaseModel):
     threshold: float | None = Field(description="The noisy threshold used for this profile.")
     dominant_noise: str | None = Field(description="Profile with the highest SEE when the bundle has several.")
     clips: int = Field(description="Audio parts (or window-long chunks) the values are averaged over.")
+    silent_clips: int = Field(
+        0,
+        description="Of those, clips that are digital silence (peak below 1e-4: a muted microphone?); they are "
+        "served, but their SEE says nothing about noise.",
+    )
 
 
 class SeenOptions(BaseModel):

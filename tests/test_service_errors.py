@@ -66,6 +66,11 @@ async def test_bad_audio_and_bad_requests_get_400(paths: tuple[Path, Path]) -> N
         silent = audio_part(np.zeros(16000, dtype=np.float32))  # a muted microphone is served, not refused
         served = await post("/v1/chat/completions", json=with_part(silent))
         assert served.status_code == 200, served.text
+        assert served.json()["noise_report"]["silent_clips"] == 1  # ... and flagged in its report
+        two = {"model": MODEL_NAME, "messages": [{"role": "user", "content": [silent, audio_part(speechlike(1.0, 2))]}]}
+        scored = await post("/v1/see", json=two)
+        assert scored.status_code == 200, scored.text
+        assert scored.json()["noise_report"]["silent_clips"] == 1 and scored.json()["noise_report"]["clips"] == 2
         buffer = io.BytesIO()
         sf.write(buffer, np.full(16000, np.nan, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
         nan = raw_part(buffer.getvalue(), "wav")
@@ -236,6 +241,42 @@ async def test_audio_urls_are_fetched_only_from_allowed_hosts(paths: tuple[Path,
     assert fetched.json()["noise_report"]["see"] == pytest.approx(inline.json()["noise_report"]["see"], abs=1e-6)
     assert_error(missing, 400, "audio_url_unreachable", "404")
     assert_error(other, 400, "audio_url_not_allowed", "'10.0.0.1'", "127.0.0.1")
+
+
+async def test_a_slow_audio_url_is_cut_off_at_its_deadline(paths: tuple[Path, Path]) -> None:
+    """An allow-listed host sending a byte every 0.3 s held a request for 45 s under a 5 s timeout."""
+    import http.server
+    import threading
+    import time
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(200):
+                    self.wfile.write(b"R")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:  # the server gave up on us, as it should
+                pass
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    remote = {"type": "audio_url", "audio_url": {"url": f"http://127.0.0.1:{files.server_address[1]}/a.wav"}}
+    try:
+        async with serving(*paths, audio_url_allowlist=["127.0.0.1"], audio_url_timeout_seconds=1.0) as client:
+            started = time.perf_counter()
+            slow = await client.post("/v1/see", json=with_part(remote))
+            elapsed = time.perf_counter() - started
+    finally:
+        files.shutdown()
+    assert_error(slow, 400, "audio_url_timeout", "within 1 s")
+    assert elapsed < 3.0
 
 
 async def test_out_of_range_seed_and_unpaired_surrogates_are_refused_not_crashed(paths: tuple[Path, Path]) -> None:

@@ -16,6 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from seen.adapters import AudioLM, Clip, Message, ModelBatch
+from seen.audio import is_digital_silence
 from seen.bundle import NoiseBundle
 from seen.patch import SeeMeasurement
 from seen.policy import AUTO_PROFILE, NoisePolicy
@@ -40,6 +41,10 @@ class _PerRequestLimit(StoppingCriteria):
         if any(cancelled):
             done = done | torch.tensor(cancelled, device=done.device)
         return done
+
+
+def _silent_clips(job: ScoreJob) -> int:
+    return sum(is_digital_silence(clip) for clip in job.clips)
 
 
 class ModelBackend:
@@ -123,7 +128,10 @@ class ModelBackend:
             if not job_rows:
                 outcomes.append(ScoreOutcome(None, timing))
                 continue
-            outcomes.append(ScoreOutcome(self.policy.assess_scored(report, job_rows, job.control), timing))
+            silent = _silent_clips(job)
+            outcomes.append(
+                ScoreOutcome(self.policy.assess_scored(report, job_rows, job.control, silent_clips=silent), timing)
+            )
         return outcomes
 
     # -- generate -----------------------------------------------------------------------------------
@@ -179,6 +187,7 @@ class ModelBackend:
                     control=job.control,
                     strength=strengths[index],
                     method="exact" if exact is not None or strengths[index] == 0 else "inline",
+                    silent_clips=_silent_clips(job),
                 )
             outcomes.append(GenerateOutcome(text, finish, int(prompt_tokens[index]), count, noise, timing))
         return outcomes
