@@ -69,8 +69,7 @@ async def load_model(state: ServiceState) -> None:
         sample_rate=lm.sample_rate,
         max_seconds=settings.max_audio_seconds,
         window_seconds=lm.max_clip_seconds,
-        # A speech recognizer decodes one window per request: longer audio is refused, not cut into windows.
-        chunk_long_audio=settings.chunk_long_audio and lm.answers_chat,
+        chunk_long_audio=settings.chunk_long_audio,
         max_bytes=settings.max_audio_bytes,
         url_allowlist=tuple(settings.audio_url_allowlist),
         url_fetch_seconds=min(settings.audio_url_timeout_seconds, settings.request_timeout_seconds),

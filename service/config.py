@@ -61,12 +61,14 @@ class Settings(BaseSettings):
     header_read_timeout_seconds: float = Field(10.0, gt=0.0)
     """A connection whose request headers are not complete within this time is closed (slow clients)."""
 
-    max_audio_seconds: float = Field(30.0, gt=0.0)
-    """Longest audio accepted per request part; also capped by the model's window unless chunking is on."""
+    max_audio_seconds: float = Field(120.0, gt=0.0)
+    """Longest audio accepted per request part (chunked into the model's windows; without chunking the window caps
+    it). Each 30 s window costs a chat model about 750 prompt tokens, so 120 s stays well inside an 8k context."""
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1)
     """Largest encoded audio accepted per part, and the limit on a request body's size (plus JSON overhead)."""
-    chunk_long_audio: bool = False
-    """Split audio longer than the model's window into consecutive window-long parts instead of refusing it."""
+    chunk_long_audio: bool = True
+    """Split audio longer than the model's window into consecutive window-long parts (SEE per part, averaged in
+    the report; a speech recognizer transcribes each part and joins the texts); false refuses it with 413."""
     audio_url_allowlist: Annotated[list[str], NoDecode] = []
     """Hosts from which ``audio_url`` parts may be fetched; empty means remote audio is never fetched."""
     audio_url_timeout_seconds: float = Field(10.0, gt=0.0)

@@ -117,7 +117,7 @@ async def test_unknown_model_and_route_get_404(paths: tuple[Path, Path]) -> None
 
 
 async def test_too_long_or_too_large_audio_gets_413(paths: tuple[Path, Path]) -> None:
-    async with serving(*paths, max_audio_bytes=400_000) as client:
+    async with serving(*paths, max_audio_bytes=400_000, chunk_long_audio=False) as client:
         long = await client.post("/v1/see", json=chat_body(speechlike(6.0, 1)))  # the tiny model's window is 5 s
         large = await client.post(
             "/v1/audio/transcriptions",

@@ -102,8 +102,7 @@ class ModelBackend:
 
     def _chat_batch(self, jobs: Sequence[ScoreJob], clips: Sequence[Clip]) -> ModelBatch:
         conversations: list[Sequence[Message]] = [job.conversation for job in jobs]
-        speech = jobs[0].speech if isinstance(jobs[0], GenerateJob) else None  # the engine batches equal tasks
-        return self.model.chat_batch(conversations, clips, speech)
+        return self.model.chat_batch(conversations, clips)
 
     def _score_pass(self, batch: ModelBatch) -> tuple[SeeMeasurement, float]:
         """The paper's SEE: no edit, stopping after the last critical layer."""
@@ -144,7 +143,13 @@ class ModelBackend:
     @torch.inference_mode()
     def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]:
         clips, rows = self._flatten(jobs)
-        batch = self._chat_batch(jobs, clips)
+        # A chat model answers each job in one row; a speech recognizer transcribes each of a job's windows in
+        # a row of its own (long audio), and the job's text is its rows' texts in order.
+        recognizer = not self.model.lm.answers_chat
+        outputs = rows if recognizer else [[index] for index in range(len(jobs))]
+        row_jobs = [job for job, job_outputs in zip(jobs, outputs, strict=True) for _ in job_outputs]
+        conversations: list[Sequence[Message]] = [job.conversation for job in row_jobs]
+        batch = self.model.chat_batch(conversations, clips, jobs[0].speech)  # the engine batches equal tasks
         exact, encoder_seconds = self._score_pass(batch) if clips and self._needs_score_pass(jobs) else (None, 0.0)
 
         profiles, strengths = [], []
@@ -157,9 +162,9 @@ class ModelBackend:
         clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
 
         prompt_length = self.model.prompt_length(batch)
-        limits = [job.sampling.max_tokens for job in jobs]
-        kwargs = self._generation_kwargs(jobs, prompt_length, limits)
-        if any(job.sink is not None for job in jobs):
+        limits = [job.sampling.max_tokens for job in row_jobs]
+        kwargs = self._generation_kwargs(row_jobs, prompt_length, limits)
+        if any(job.sink is not None for job in jobs) and not recognizer:
             kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids, self.model.decode)
         seed = jobs[0].sampling.seed
         start = time.perf_counter()
@@ -174,9 +179,14 @@ class ModelBackend:
         outcomes = []
         prompt_tokens = self.model.prompt_tokens(batch)
         for index, job in enumerate(jobs):
-            text, finish, count = self._finish(tokens[index].tolist(), job.sampling.max_tokens, job.sampling.stop)
+            finished = [
+                self._finish(tokens[row].tolist(), job.sampling.max_tokens, job.sampling.stop) for row in outputs[index]
+            ]
+            text = " ".join(part.strip() for part, _, _ in finished) if recognizer else finished[0][0]
+            finish = "length" if any(reason == "length" for _, reason, _ in finished) else "stop"
             if job.cancelled.is_set():
                 finish = "cancelled"
+            count = sum(tokens_used for _, _, tokens_used in finished)
             noise = None
             if rows[index] and inline is not None:
                 noise = self.policy.assess(
@@ -189,10 +199,12 @@ class ModelBackend:
                     method="exact" if exact is not None or strengths[index] == 0 else "inline",
                     silent_clips=_silent_clips(job),
                 )
-            outcomes.append(GenerateOutcome(text, finish, int(prompt_tokens[index]), count, noise, timing))
+            used_prompt = sum(int(prompt_tokens[row]) for row in outputs[index])
+            outcomes.append(GenerateOutcome(text, finish, used_prompt, count, noise, timing))
         return outcomes
 
     def _generation_kwargs(self, jobs: Sequence[GenerateJob], prompt_length: int, limits: list[int]) -> dict[str, Any]:
+        """``jobs`` and ``limits``: one per output row."""
         sampling = jobs[0].sampling  # the engine batches only jobs with the same batch_key
         kwargs: dict[str, Any] = {
             "max_new_tokens": max(limits),
