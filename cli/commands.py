@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("cli.calibrate", "build a noise-basis bundle from clean and noise clips"),
     "import-basis": ("cli.calibrate", "turn published per-layer bases into a bundle"),
     "score": ("cli.score", "SEE of audio files (no generation)"),
+    "examples": ("cli.examples", "print the folder of the installed example clips (for the README's requests)"),
     "noise": ("cli.noise", "write synthetic noise clips (white, pink, babble, ...)"),
     "serve": ("cli.serve", "serve a model with its noise bundle over HTTP (OpenAI-compatible)"),
     "eval": ("cli.evaluate", "measure SEE against success and SEEN against denoisers under noise"),

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cli.commands import COMMANDS
 from seen import __version__
@@ -13,11 +14,27 @@ from seen import __version__
 EXPECTED_ERRORS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError)
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """``--help`` says every option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser of the command named in ``argv``; every other command is a one-line stub."""
-    parser = argparse.ArgumentParser(prog="seen", description="Noise-aware serving of audio-language models.")
+    parser = _Parser(prog="seen", description="Noise-aware serving of audio-language models.")
     parser.add_argument("--version", action="version", version=f"seen {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     if chosen in COMMANDS:
         importlib.import_module(COMMANDS[chosen][0]).register(commands)

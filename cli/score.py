@@ -2,6 +2,7 @@
 
 Each file gets the report ``POST /v1/see`` gives for the same audio and bundle (the one policy in
 :mod:`seen.policy` fills both), under the bundle's default profile and lambda unless told otherwise.
+A file longer than the model's window is scored window by window and averaged, as the service does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from rich.table import Table
 
 from cli.commands import help_of
 from cli.options import add_model_options, load_model
-from seen.audio import AudioError, is_digital_silence, load_audio_file
+from seen.adapters import Clip
+from seen.audio import AudioError, is_digital_silence, load_audio_file, split_into_windows
 from seen.bundle import NoiseBundle
 from seen.policy import Control, NoiseAssessment, NoisePolicy
 from seen.scoring import PatchedModel
@@ -42,20 +44,24 @@ def run(args: argparse.Namespace) -> int:
     policy.check_profile(control.profile)
     lm = load_model(args)
     scorer = PatchedModel(lm, bundle)
-    clips, paths, failures = [], [], []
+    clips: list[Clip] = []
+    files: list[tuple[Path, list[int]]] = []  # each file's rows among the clips
+    failures = []
     for path in args.files:
         try:
-            clips.append(load_audio_file(path, lm.sample_rate, max_seconds=lm.max_clip_seconds))
-            paths.append(path)
+            audio = load_audio_file(path, lm.sample_rate)
         except (AudioError, FileNotFoundError) as error:
             failures.append((path, str(error)))
+            continue
+        windows = split_into_windows(audio, lm.sample_rate, lm.max_clip_seconds)
+        files.append((path, list(range(len(clips), len(clips) + len(windows)))))
+        clips.extend(windows)
     rows: list[tuple[Path, NoiseAssessment]] = []
     if clips:
         report = scorer.score(clips, args.batch_size)
-        rows = [
-            (path, policy.assess_scored(report, [index], control, silent_clips=int(is_digital_silence(clips[index]))))
-            for index, path in enumerate(paths)
-        ]
+        for path, indices in files:
+            silent = sum(is_digital_silence(clips[index]) for index in indices)
+            rows.append((path, policy.assess_scored(report, indices, control, silent_clips=silent)))
     if args.json:
         for path, assessment in rows:
             print(json.dumps({"path": str(path), **asdict(assessment)}))

@@ -8,6 +8,7 @@ import typing
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
 
 from cli.commands import help_of
 from service.config import CONFIG_FILE_VARIABLE, Settings
@@ -36,10 +37,21 @@ def register(commands: Any) -> None:
     for name, field in Settings.model_fields.items():
         kind, extra = _option_type(field.annotation)
         help_text = (field.description or "").replace("%", "%%")
+        if field.default not in (None, PydanticUndefined, [], "") and not isinstance(field.default, bool | list):
+            help_text += f" (default: {field.default})".replace("%", "%%")
+        elif isinstance(field.default, bool):
+            help_text += f" (default: {'on' if field.default else 'off'})"
         if kind is not None:
             extra["type"] = kind
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text, **extra)
     parser.set_defaults(run=run)
+
+
+def _problem(location: tuple[Any, ...], message: str) -> str:
+    """``max_batch_size: Input should be ...``, or the bare message of a check on several settings."""
+    message = message.removeprefix("Value error, ")
+    where = ".".join(map(str, location))
+    return f"{where}: {message}" if where else message
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.load(args.config, **overrides)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in error.errors())
         raise ValueError(f"invalid settings: {problems}") from error
     return serve(settings)

@@ -19,11 +19,7 @@ def _ks(value: str) -> list[int | None]:
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "sweep",
-        help=help_of("sweep"),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = commands.add_parser("sweep", help=help_of("sweep"))
     add_model_options(parser)
     parser.add_argument("--clean", required=True, type=Path, help="calibration clean clips (folder)")
     parser.add_argument(

@@ -295,17 +295,24 @@ async def test_score_and_the_see_endpoint_give_the_same_report(
     """One policy fills both: every field agrees, and the dominant noise is a noise type, never 'merged'."""
     import base64
 
+    import numpy as np
+    import soundfile as sf
+
     from tests.service_helpers import MODEL_NAME, serving
 
     noisy = workspace["root"] / "white" / "white_0000.wav"
     clean = workspace["clean"] / "speech_1.wav"
+    long = workspace["root"] / "long.wav"  # past the tiny model's 5 s window: scored window by window
+    audio, rate = sf.read(clean, dtype="float32")
+    sf.write(long, np.tile(audio, int(np.ceil(11 * rate / len(audio))))[: 11 * rate], rate)
     capsys.readouterr()
     args = ["score", "--model", str(workspace["model"]), "--bundle", str(service_bundle), "--json"]
-    assert main([*args, str(clean), str(noisy)]) == 0
+    assert main([*args, str(clean), str(noisy), str(long)]) == 0
     offline = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert offline[2]["clips"] == 3
     async with serving(workspace["model"], service_bundle) as client:
         online = []
-        for path in (clean, noisy):
+        for path in (clean, noisy, long):
             part = {
                 "type": "input_audio",
                 "input_audio": {"data": base64.b64encode(path.read_bytes()).decode(), "format": "wav"},
@@ -350,3 +357,26 @@ def test_help_and_version_start_fast_and_import_no_model_stack() -> None:
     noise = "import sys; from cli.main import build_parser; build_parser(['noise']); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", noise], capture_output=True, text=True, cwd=root, check=True)
     assert result.stdout.strip() == "False"  # seen noise needs no model stack
+
+
+def test_help_shows_defaults_and_settings_errors_read_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("serve", "noise", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: " in text, command
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 127.0.0.1)" in text and "(default: 8)" in text and "(default: on)" in text
+    assert main(["serve", "--max-batch-size", "0"]) == 2
+    assert "invalid settings: max_batch_size: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main(["serve", "--bundle", "nowhere"]) == 2
+    error = capsys.readouterr().err
+    assert "invalid settings: bundle 'nowhere' needs the model" in error and ": :" not in error
+
+
+def test_examples_prints_the_installed_clips_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["examples"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert (folder / "request.wav").is_file() and (folder / "request-white-0db.wav").is_file()
