@@ -89,6 +89,48 @@ class PatchedModel:
             self.lm.run_to_site(batch, self.bundle.site)
         return readout.report()
 
+    # -- the paper's SEE of an edited forward, from its own critical layers ------------------------------
+
+    @property
+    def replays_critical_layers(self) -> bool:
+        """Exact SEE can be had by replaying the critical encoder layers (encoder sites); else a score pass."""
+        return self.bundle.site.in_encoder
+
+    @contextmanager
+    def recording_critical_layers(self) -> Iterator[CriticalLayerCalls]:
+        """Record the calls of the encoder layers from the first critical one to the last (first forward only).
+
+        The input of the first critical layer is unedited (edits happen at the critical sites, inside it
+        and after), so :meth:`replay` can recompute the unedited activations of every critical layer from
+        it: the paper's SEE without a second run of the layers before it (the mel front end included).
+        """
+        layers = range(self.bundle.layers[0], self.bundle.layers[-1] + 1)
+        calls = CriticalLayerCalls([self.lm.site_path(SiteKind.ENCODER_RESIDUAL, layer) for layer in layers])
+        modules = [self.lm.model.get_submodule(path) for path in calls.paths]
+        handles = [
+            module.register_forward_pre_hook(calls.recorder(index), with_kwargs=True)
+            for index, module in enumerate(modules)
+        ]
+        try:
+            yield calls
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.inference_mode()
+    def replay(self, batch: ModelBatch, calls: CriticalLayerCalls) -> SeeMeasurement:
+        """The paper's SEE of ``batch`` (no edit), from the recorded inputs of its critical layers."""
+        if not calls.complete:
+            raise RuntimeError("the critical encoder layers were not all called in the recorded forward")
+        modules = [self.lm.model.get_submodule(path) for path in calls.paths]
+        with self.patch.score(batch.layout(self.bundle.site)) as readout:
+            hidden = calls.first_input()
+            for module, (args, kwargs) in zip(modules, calls.calls, strict=True):
+                args, kwargs = calls.with_hidden(args, kwargs, hidden)
+                output = module(*args, **kwargs)  # the patch stops it after the last critical site
+                hidden = output[0] if isinstance(output, tuple) else output
+        return readout.report()
+
     # -- generation -----------------------------------------------------------------------------------
 
     @contextmanager
@@ -109,6 +151,38 @@ class PatchedModel:
         if stop:
             generation.update(stop_strings=list(stop), tokenizer=self.lm.tokenizer)
         return self.lm.generate(batch, **generation)
+
+
+class CriticalLayerCalls:
+    """The positional and keyword arguments of each critical encoder layer's first call in a forward."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def recorder(self, index: int) -> Any:
+        def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if len(self.calls) == index:  # later forwards (decode steps) never reach the encoder anyway
+                self.calls.append((args, dict(kwargs)))
+
+        return record
+
+    @property
+    def complete(self) -> bool:
+        return len(self.calls) == len(self.paths)
+
+    def first_input(self) -> torch.Tensor:
+        args, kwargs = self.calls[0]
+        return args[0] if args else kwargs["hidden_states"]
+
+    @staticmethod
+    def with_hidden(
+        args: tuple[Any, ...], kwargs: dict[str, Any], hidden: torch.Tensor
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A recorded call's arguments with other hidden states in place of the recorded ones."""
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
 
 
 def site_batch(lm: AudioLM, clips: Sequence[Clip], site: SiteKind) -> ModelBatch:

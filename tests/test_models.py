@@ -8,6 +8,7 @@ import torch
 from seen.adapters import AudioLM
 from seen.hooks import SiteKind
 from seen.patch import SeenPatch
+from seen.scoring import PatchedModel
 from seen.see import frame_see
 from tests.conftest import speechlike
 
@@ -172,3 +173,33 @@ def test_audio_embeddings_are_the_rows_the_language_model_reads(any_lm: AudioLM)
     for row, rows in enumerate(embeddings):
         torch.testing.assert_close(rows, read[0][row][audio_positions[row]])
     assert not torch.allclose(plain[0], embeddings[0])  # the patch acts on the embeddings handed out
+
+
+def _two_layer_model(lm: AudioLM, site: SiteKind) -> PatchedModel:
+    """Random bases on the last two layers of ``site``: the first critical layer is not the first layer."""
+    from calibration.importer import bundle_from_bases
+
+    generator = torch.Generator().manual_seed(7)
+    bases = [torch.linalg.qr(torch.randn(lm.site_width(site), 3, generator=generator))[0] for _ in range(2)]
+    return PatchedModel(lm, bundle_from_bases(lm, bases, lm.layer_count(site) - 2, site=site))
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("site", [s for s in SiteKind if s.in_encoder])
+def test_replaying_the_critical_layers_gives_the_papers_see_of_an_edited_forward(
+    any_lm: AudioLM, site: SiteKind
+) -> None:
+    model = _two_layer_model(any_lm, site)
+    batch = model.chat_batch([[MESSAGE]] * 3, _clips())
+    exact = model.score_batch(batch)
+    with model.patch.installed():
+        with (
+            model.recording_critical_layers() as calls,
+            model.neutralizing(batch, torch.ones(3), torch.zeros(3, dtype=torch.long)) as readout,
+        ):
+            any_lm.model(**batch.inputs)
+        assert readout is not None
+        replayed = model.replay(batch, calls)
+    torch.testing.assert_close(replayed.per_layer, exact.per_layer, rtol=1e-5, atol=1e-6)
+    inline = readout.report().per_layer
+    assert (inline[:, 1] - exact.per_layer[:, 1]).abs().max() > 1e-5  # the edit reached the second layer

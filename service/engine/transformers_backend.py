@@ -135,10 +135,14 @@ class ModelBackend:
 
     # -- generate -----------------------------------------------------------------------------------
 
-    def _needs_score_pass(self, jobs: Sequence[GenerateJob]) -> bool:
+    def _exact_see(self, jobs: Sequence[GenerateJob]) -> str | None:
+        """How a batch gets the paper's SEE: 'before' (a score pass first: lambda or profile depend on it),
+        'replay' (the critical encoder layers again after the edited forward), or None (not needed)."""
         if any(job.control.adaptive or job.control.profile == AUTO_PROFILE for job in jobs):
-            return True
-        return self.see_method == "exact" and any(job.control.applied_strength > 0 for job in jobs)
+            return "before"
+        if self.see_method != "exact" or not any(job.control.applied_strength > 0 for job in jobs):
+            return None
+        return "replay" if self.model.replays_critical_layers else "before"
 
     @torch.inference_mode()
     def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]:
@@ -150,7 +154,8 @@ class ModelBackend:
         row_jobs = [job for job, job_outputs in zip(jobs, outputs, strict=True) for _ in job_outputs]
         conversations: list[Sequence[Message]] = [job.conversation for job in row_jobs]
         batch = self.model.chat_batch(conversations, clips, jobs[0].speech)  # the engine batches equal tasks
-        exact, encoder_seconds = self._score_pass(batch) if clips and self._needs_score_pass(jobs) else (None, 0.0)
+        exact_see = self._exact_see(jobs) if clips else None
+        exact, encoder_seconds = self._score_pass(batch) if exact_see == "before" else (None, 0.0)
 
         profiles, strengths = [], []
         for job, job_rows in zip(jobs, rows, strict=True):
@@ -168,11 +173,18 @@ class ModelBackend:
             kwargs["streamer"] = BatchStreamer([job.sink for job in jobs], limits, self._end_ids, self.model.decode)
         seed = jobs[0].sampling.seed
         start = time.perf_counter()
-        with self.clock.measuring() as encoder, self.model.neutralizing(batch, clip_strength, clip_profile) as readout:
+        with ExitStack() as stack:
+            calls = stack.enter_context(self.model.recording_critical_layers()) if exact_see == "replay" else None
+            encoder = stack.enter_context(self.clock.measuring())
+            readout = stack.enter_context(self.model.neutralizing(batch, clip_strength, clip_profile))
             if seed is not None:
                 torch.manual_seed(seed)
             tokens = self.model.generate(batch, stop=jobs[0].sampling.stop, **kwargs).cpu()
         encoder_seconds += encoder.seconds
+        if calls is not None:
+            replay_started = time.perf_counter()
+            exact = self.model.replay(batch, calls)
+            encoder_seconds += time.perf_counter() - replay_started
         timing = Timing(encoder_seconds, time.perf_counter() - start - encoder.seconds, len(jobs))
         inline = readout.report() if readout is not None else None
 
