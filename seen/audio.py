@@ -18,6 +18,9 @@ from numpy.typing import NDArray
 SUPPORTED_FORMATS: tuple[str, ...] = ("wav", "flac", "ogg", "oga", "opus", "mp3", "webm", "m4a", "mp4", "aac")
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(f".{fmt}" for fmt in SUPPORTED_FORMATS)
 SILENCE_PEAK = 1e-4
+MAX_PEAK = 64.0
+"""Largest sample magnitude accepted (full scale is 1): float files can exceed 1, but not by orders of
+magnitude; far beyond it (1e19 and up) the log-mel features themselves overflow."""
 
 # FFmpeg demuxers PyAV may open: the supported containers ("webm" is the matroska demuxer, "mp4" the mov
 # one, "aac" raw ADTS), plus a few harmless audio-only ones so that refusing them can name them. Nothing
@@ -134,6 +137,13 @@ def decode_audio(
         raise AudioError("empty_audio", "audio contains no samples")
     if not np.isfinite(frames).all():
         raise AudioError("non_finite_audio", "audio contains NaN or infinite samples; only finite values are allowed")
+    peak = float(np.abs(frames).max())
+    if peak > MAX_PEAK:
+        raise AudioError(
+            "audio_out_of_range",
+            f"audio samples reach {peak:.3g}; full scale is 1.0 and at most {MAX_PEAK:g} is accepted "
+            "(a float file written without scaling?)",
+        )
 
     mono = frames.mean(axis=0, dtype=np.float32)
     if source_rate != target_rate:

@@ -331,3 +331,14 @@ def test_list_audio_files_errors(tmp_path: Path) -> None:
     (empty / "readme.txt").write_text("no audio")
     with pytest.raises(ValueError, match=r"no audio files.*empty"):
         list_audio_files(empty)
+
+
+def test_samples_far_beyond_full_scale_are_refused() -> None:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(8000, 1e30, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(AudioError) as caught:
+        decode_audio(buffer.getvalue(), 16000)
+    assert caught.value.code == "audio_out_of_range" and "full scale is 1.0" in str(caught.value)
+    loud = io.BytesIO()
+    sf.write(loud, np.full(8000, 3.0, dtype=np.float32), 16000, format="WAV", subtype="FLOAT")
+    assert decode_audio(loud.getvalue(), 16000).max() == pytest.approx(3.0)  # hot, but a real float file
