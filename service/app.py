@@ -4,7 +4,8 @@ The bundle is read at once (it is small, and a bad one should stop the server be
 The model loads in the background after start-up so that ``/health`` answers while it does;
 ``/ready`` turns 200 once the model is loaded, checked against the bundle, patched, and a warm-up
 request has gone through the engine. A load failure is logged, reported by ``/ready``, and passed
-to ``on_fatal`` (the server uses it to exit).
+to ``on_fatal`` (the server uses it to exit). ``/docs`` (Swagger UI) and ``/redoc`` are served from
+files installed with the package (fastapi-offline), so they work without internet access.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from seen import __version__
 from seen.adapters import load_audio_lm, resolve_device, resolve_dtype
@@ -31,6 +34,7 @@ from service.errors import install_error_handlers
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics, see_buckets
 from service.middleware import ApiKeys, BodyLimit, Cancellation, RequestMetrics
+from service.protocol import EXAMPLE_MODEL
 from service.routers import audio, chat, health, models, see
 from service.serving import ServiceState
 
@@ -39,6 +43,12 @@ ROUTERS = (chat.router, audio.router, see.router, models.router, health.router)
 WARMUP_SECONDS = 1.0
 BODY_OVERHEAD = 4 / 3  # base64 inflation of audio inside JSON
 BODY_SLACK_BYTES = 1 << 20
+API_PREFIX = "/v1/"
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "One of the server's API keys (SEEN_API_KEYS), required on /v1/* when any is set.",
+}
 
 
 def _policy(settings: Settings, bundle: NoiseBundle) -> NoisePolicy:
@@ -89,6 +99,39 @@ async def load_model(state: ServiceState) -> None:
     logger.info("ready: %s on %s (%s) in %.1f s", state.model_name, device, dtype, time.perf_counter() - started)
 
 
+def _naming(node: Any, name: str) -> Any:
+    """``node`` with every value that names the examples' model naming ``name`` instead."""
+    if node == EXAMPLE_MODEL:
+        return name
+    if isinstance(node, dict):
+        return {key: _naming(value, name) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_naming(value, name) for value in node]
+    return node
+
+
+def document_api(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """``app.openapi``: FastAPI's document, with the served model's name in the examples and the bearer scheme.
+
+    The scheme is documentation: the key is checked by the :class:`ApiKeys` middleware, and ``/v1/*`` operations
+    require it in the document only when the server has keys.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document: dict[str, Any] = _naming(build(), settings.model_name)
+            document.setdefault("components", {})["securitySchemes"] = {"bearer": BEARER}
+            protected = [path for path in document["paths"] if settings.api_keys and path.startswith(API_PREFIX)]
+            for path in protected:
+                for operation in document["paths"][path].values():
+                    operation["security"] = [{"bearer": []}]
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None] | None = None) -> FastAPI:
     settings = settings or Settings()
     bundle = NoiseBundle.load(settings.bundle)
@@ -125,17 +168,18 @@ def create_app(settings: Settings | None = None, *, on_fatal: Callable[[], None]
             if state.http is not None:
                 await state.http.aclose()
 
-    app = FastAPI(title="seen", version=__version__, lifespan=lifespan)
+    app = FastAPIOffline(title="seen", version=__version__, lifespan=lifespan)
     app.state.service = state
     for router in ROUTERS:
         app.include_router(router)
+    app.openapi = document_api(app, settings)  # type: ignore[method-assign]  # FastAPI's way to extend it
     install_error_handlers(app, metrics)
     body_limit = int(settings.max_audio_bytes * BODY_OVERHEAD) + BODY_SLACK_BYTES
     # added innermost first: metrics, then cancellation, then the key, then the body limit see a request
     app.add_middleware(
         BodyLimit, max_bytes=body_limit, read_timeout=settings.body_read_timeout_seconds, metrics=metrics
     )
-    app.add_middleware(ApiKeys, keys=settings.api_keys, prefix="/v1/", metrics=metrics)
+    app.add_middleware(ApiKeys, keys=settings.api_keys, prefix=API_PREFIX, metrics=metrics)
     app.add_middleware(Cancellation, on_cut_off=state.count_cut_off)
     endpoints = [getattr(route, "path", "") for router in ROUTERS for route in router.routes]
     app.add_middleware(RequestMetrics, metrics=metrics, endpoints=endpoints)

@@ -2,7 +2,8 @@
 
 Handlers are installed for the service's own :class:`ApiError`, schema violations (422), unknown
 routes and methods, and anything unexpected (a logged 500 whose body never holds a stack trace).
-Each refusal is counted in ``rejected_requests_total`` by its code.
+Each refusal is counted in ``rejected_requests_total`` by its code. :func:`error_responses` documents
+the statuses a route answers with in OpenAPI, from the one table of what each status means.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from seen.audio import AudioError
 from service.metrics import ServiceMetrics
+from service.protocol import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,44 @@ _TYPES = {
     504: "timeout_error",
 }
 _AUDIO_STATUS = {"unsupported_format": 415, "audio_too_long": 413}
+
+ERROR_STATUSES: dict[int, str] = {
+    400: "Invalid request (the `code` says which): model missing (`missing_model`), invalid base64, undecodable, "
+    "empty or non-finite audio, a container without audio (`no_audio_stream`), unknown profile, max_tokens or "
+    "prompt too long (`max_tokens_too_large`, `prompt_too_long`), audio outside a user message, `/v1/see` without "
+    "audio (`no_audio`), remote audio not allowed, chat with a speech recognizer (`chat_not_supported`), a "
+    "language or translation the model cannot do (`unsupported_task`).",
+    401: "`SEEN_API_KEYS` is set and the bearer token is missing (`missing_api_key`) or wrong (`invalid_api_key`).",
+    404: "The model named is not the one served (`model_not_found`).",
+    408: "The request body stopped arriving (`body_timeout`); the connection is closed.",
+    413: "The body or an audio part is larger than the limit (`request_too_large`, `audio_too_large`), or the audio "
+    "is longer than the model hears (`audio_too_long`); the message states the limit.",
+    415: "Audio format or container not supported (`unsupported_format`).",
+    422: "The request breaks the schema (`invalid_schema`); the message names each field.",
+    500: "Unexpected failure (`internal_error`), logged by the server; the body holds no trace.",
+    503: "Queue full (`queue_full`), model loading or failed to load (`model_loading`, `model_load_failed`), or "
+    "shutting down (`shutting_down`); retry after `Retry-After` seconds.",
+    504: "No answer within `SEEN_REQUEST_TIMEOUT_SECONDS` (`timeout`).",
+}
+"""What each error status means, for the OpenAPI document (the envelope is the same for all)."""
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses: the envelope, and ``Retry-After`` with a 503."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {"model": ErrorResponse, "description": ERROR_STATUSES[status]}
+        if status == 503:
+            response["headers"] = _RETRY_AFTER
+        responses[status] = response
+    return responses
+
+
+INFERENCE_ERRORS = error_responses(400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
+"""Every status a request that decodes audio and runs the model may get: the chat, audio and ``/v1/see`` routes."""
 
 
 class ApiError(Exception):
@@ -68,9 +108,8 @@ class ApiError(Exception):
 
 def error_body(status: int, message: str, *, code: str, param: str | None = None) -> dict[str, Any]:
     """The envelope itself, also sent as the last event of a stream that fails after it started."""
-    return {
-        "error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
-    }
+    info = ErrorInfo(message=message, type=_TYPES.get(status, "invalid_request_error"), param=param, code=code)
+    return ErrorResponse(error=info).model_dump()
 
 
 def error_response(

@@ -2,13 +2,70 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 import time
 import uuid
+import wave
+from array import array
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
+EXAMPLE_MODEL = "qwen2-audio-demo"
+"""The model named in the schema's examples; the app's OpenAPI document puts the served model's name in its place."""
+
+
+def _example_wav(seconds: float = 0.02, rate: int = 16000) -> str:
+    """A 20 ms 440 Hz tone as a base64 WAV: the audio of the schema's examples (short, and valid for the decoder)."""
+    tone = array("h", (round(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(round(seconds * rate))))
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(tone.tobytes())
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+EXAMPLE_AUDIO = _example_wav()
+EXAMPLE_CHAT: dict[str, Any] = {
+    "model": EXAMPLE_MODEL,
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_audio", "input_audio": {"data": EXAMPLE_AUDIO, "format": "wav"}},
+                {"type": "text", "text": "What did the speaker ask for?"},
+            ],
+        }
+    ],
+    "max_tokens": 4,
+}
+
+
+class ErrorInfo(BaseModel):
+    message: str = Field(description="What went wrong, for a person to read (never a stack trace).")
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, ...")
+    param: str | None = Field(description="The request field at fault, dotted (messages.0.content.1), if any.")
+    code: str = Field(description="Machine-readable reason: model_not_found, queue_full, unsupported_format, ...")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope, the body of every answer that is not a success."""
+
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: str = Field(description="The served model's name.")
 
 
 class LayerSee(BaseModel):
@@ -82,8 +139,8 @@ class TextPart(BaseModel):
 
 
 class InputAudio(BaseModel):
-    data: str = Field(description="Base64-encoded audio file.")
-    format: str = Field(description="wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")
+    data: str = Field(description="Base64-encoded audio file.", examples=[EXAMPLE_AUDIO])
+    format: str = Field(description="wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.", examples=["wav"])
 
 
 class InputAudioPart(BaseModel):
@@ -120,9 +177,11 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions`` (and ``/v1/see``, which ignores the generation fields)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [EXAMPLE_CHAT, {**EXAMPLE_CHAT, "stream": True}]}
+    )
 
-    model: str
+    model: str = Field(description="The served model's name.", examples=[EXAMPLE_MODEL])
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

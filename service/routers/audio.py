@@ -14,17 +14,27 @@ from fastapi.responses import PlainTextResponse
 from seen.adapters import SpeechTask
 from service.dependencies import State
 from service.engine.backend import GenerateJob, Sampling
+from service.errors import INFERENCE_ERRORS
 from service.inputs import prepare_upload
-from service.protocol import Transcription, VerboseTranscription
+from service.protocol import EXAMPLE_MODEL, Transcription, VerboseTranscription
 from service.serving import ServiceState
 
-router = APIRouter(prefix="/v1/audio", tags=["audio"])
+router = APIRouter(prefix="/v1/audio", tags=["audio"], responses=INFERENCE_ERRORS)
 
 INSTRUCTIONS = {
     "transcribe": "Transcribe the audio exactly, word for word.",
     "translate": "Translate the audio into English.",
 }
 ResponseFormat = Literal["json", "text", "verbose_json"]
+TRANSCRIPTION = {
+    "model": Transcription | VerboseTranscription,
+    "description": "The text with its noise report (`json`, `verbose_json`), or the text alone (`text`).",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+AudioFile = Annotated[
+    UploadFile, File(description="Audio file: wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")
+]
+Model = Annotated[str, Form(description="The served model's name (required)", examples=[EXAMPLE_MODEL])]
 
 
 def _instruction(task: SpeechTask, prompt: str | None) -> str:
@@ -63,11 +73,11 @@ async def _run(
     return Transcription(text=outcome.text, noise_report=outcome.report)
 
 
-@router.post("/transcriptions", response_model=None)
+@router.post("/transcriptions", response_model=None, responses={200: TRANSCRIPTION})
 async def transcriptions(
     state: State,
-    file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")],
-    model: Annotated[str, Form(description="The served model's name (required)")] = "",
+    file: AudioFile,
+    model: Model = "",
     prompt: Annotated[str | None, Form()] = None,
     language: Annotated[str | None, Form(description="ISO 639-1 code of the spoken language")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
@@ -77,11 +87,11 @@ async def transcriptions(
     return await _run(state, task, file, model, prompt, response_format, temperature)
 
 
-@router.post("/translations", response_model=None)
+@router.post("/translations", response_model=None, responses={200: TRANSCRIPTION})
 async def translations(
     state: State,
-    file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, oga, opus, mp3, webm, m4a, mp4 or aac.")],
-    model: Annotated[str, Form(description="The served model's name (required)")] = "",
+    file: AudioFile,
+    model: Model = "",
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from service.dependencies import State
 from service.engine.backend import GenerateJob, GenerateOutcome, Sampling
-from service.errors import ApiError, error_body
+from service.errors import INFERENCE_ERRORS, ApiError, error_body
 from service.inputs import message_text, prepare_messages
 from service.protocol import (
     AssistantMessage,
@@ -30,7 +30,27 @@ from service.protocol import (
 from service.serving import ServiceState
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], responses=INFERENCE_ERRORS)
+COMPLETION = {
+    "model": ChatCompletion,
+    "description": "The completion with its noise report; with `stream: true`, server-sent events of "
+    "`chat.completion.chunk` objects (the last one carries the noise report), then `data: [DONE]`.",
+    "content": {
+        "text/event-stream": {
+            "itemSchema": {  # FastAPI's form for server-sent events: the schema of each event
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "A ChatCompletionChunk as JSON, the error envelope if generation fails after "
+                        "the stream started, or [DONE].",
+                    }
+                },
+            }
+        }
+    },
+}
 
 
 def _usage(outcome: GenerateOutcome) -> Usage:
@@ -63,7 +83,7 @@ async def build_job(request: ChatCompletionRequest, state: ServiceState) -> Gene
     return GenerateJob(prepared.conversation, prepared.clips, control, sampling=sampling)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses={200: COMPLETION})
 async def chat_completions(request: ChatCompletionRequest, state: State) -> ChatCompletion | StreamingResponse:
     job = await build_job(request, state)
     if request.stream:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.dependencies import State
+from service.errors import error_responses
 from service.protocol import ModelCard, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(401, 500))
 
 
 def _card(state: State) -> ModelCard:
@@ -25,7 +26,8 @@ async def list_models(state: State) -> ModelList:
     return ModelList(data=[_card(state)])
 
 
-@router.get("/models/{model_id:path}")
+# 422 cannot happen (any path is a string); it is declared so that FastAPI does not document its own body for it.
+@router.get("/models/{model_id:path}", responses=error_responses(400, 404, 422))
 async def get_model(model_id: str, state: State) -> ModelCard:
     state.check_model(model_id)
     return _card(state)

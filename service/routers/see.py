@@ -6,11 +6,11 @@ from fastapi import APIRouter
 
 from service.dependencies import State
 from service.engine.backend import ScoreJob
-from service.errors import ApiError
+from service.errors import INFERENCE_ERRORS, ApiError
 from service.inputs import prepare_messages
 from service.protocol import ChatCompletionRequest, SeeResponse
 
-router = APIRouter(prefix="/v1", tags=["see"])
+router = APIRouter(prefix="/v1", tags=["see"], responses=INFERENCE_ERRORS)
 
 
 @router.post("/see")
