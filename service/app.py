@@ -22,14 +22,15 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from seen import __version__
-from seen.adapters import load_audio_lm, resolve_device, resolve_dtype
+from seen.adapters import AudioLM, load_audio_lm, resolve_device, resolve_dtype
 from seen.bundle import NoiseBundle
 from seen.noise import generate_noise
 from seen.policy import Control, NoisePolicy
 from service.config import Settings
-from service.engine.backend import GenerateJob, Sampling, ScoreJob
+from service.engine.backend import Backend, GenerateJob, Sampling, ScoreJob
 from service.engine.engine import Engine
 from service.engine.transformers_backend import ModelBackend
+from service.engine.vllm_backend import VllmBackend, check_vllm_support
 from service.errors import install_error_handlers
 from service.inputs import AudioLimits
 from service.metrics import ServiceMetrics, see_buckets
@@ -59,14 +60,24 @@ def _policy(settings: Settings, bundle: NoiseBundle) -> NoisePolicy:
     return policy
 
 
+def _backend(state: ServiceState, lm: AudioLM) -> Backend:
+    """The backend ``settings.engine`` names (vLLM, an optional extra, is imported only when chosen)."""
+    settings = state.settings
+    if settings.engine == "vllm":
+        return VllmBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)
+    return ModelBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)
+
+
 async def load_model(state: ServiceState) -> None:
     """Load, check, patch and warm up; the engine only becomes visible once all of it passed."""
     settings = state.settings
+    if settings.engine == "vllm":
+        check_vllm_support(state.bundle)  # before minutes of loading
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)  # the loaders' own meaning of "auto"
     started = time.perf_counter()
     lm = await asyncio.to_thread(load_audio_lm, settings.model, device=device, dtype=dtype)
-    backend = ModelBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)
+    backend = await asyncio.to_thread(_backend, state, lm)  # vLLM's engine takes a while to start
     engine = Engine(
         backend,
         max_batch_size=settings.max_batch_size,

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     """Torch device: ``auto`` (the first GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
     dtype: Literal["auto", "checkpoint", "float32", "bfloat16", "float16"] = "auto"
     """Weight dtype; ``auto`` is bfloat16 on a GPU and float32 on the CPU, ``checkpoint`` the stored dtype."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """What runs the language model: ``transformers`` (its ``generate``; every architecture) or ``vllm`` (vLLM's
+    engine and paged KV cache, fed the SEEN-neutralized audio rows; Qwen2-Audio with an encoder-site bundle only;
+    needs the ``vllm`` extra). The audio encoder and SEEN run in transformers either way."""
 
     max_batch_size: int = Field(8, ge=1, le=256)
     """Most requests run together in one forward/generate."""

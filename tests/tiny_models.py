@@ -177,17 +177,23 @@ QWEN2_AUDIO_SPECIAL_TOKENS = SPECIAL_TOKENS
 QWEN2_AUDIO_CHAT_TEMPLATE = qwen2_audio_chat_template("You are a helpful assistant.")
 
 
-def build_qwen2_audio(folder: Path, *, seed: int = 0) -> Path:
+def build_qwen2_audio(folder: Path, *, seed: int = 0, window_seconds: int = 5, head_dim: int = 16) -> Path:
     """Write a tiny ``Qwen2AudioForConditionalGeneration`` with its ``Qwen2AudioProcessor`` to ``folder``.
 
-    Audio encoder: 2 layers, d_model 32, FFN 64, 128 mel bins, a 5 s window (``max_source_positions=250``,
+    Audio encoder: 2 layers, d_model 32, FFN 64, 128 mel bins, by default a 5 s window (``max_source_positions=250``,
     feature extractor ``chunk_length=5``: 500 mel frames, 250 encoder frames, at most 125 audio tokens).
-    Text model: Qwen2 with 2 layers, hidden 32, vocabulary 272 (262 tokenizer entries). Generation stops at
+    Text model: Qwen2 with 2 layers, by default hidden 32 (2 heads of 16), vocabulary 272 (262 tokenizer
+    entries). ``build_qwen2_audio(folder, window_seconds=30, head_dim=64)`` is the variant vLLM can serve
+    (``tests/test_vllm_engine.py``). Generation stops at
     ``<|im_end|>`` or ``<|endoftext|>``.
 
     Args:
         folder: Output directory (created if needed).
         seed: Seed for the random weights.
+        window_seconds: The audio window (feature extractor ``chunk_length``; ``max_source_positions`` follows).
+            vLLM's Qwen2-Audio needs the real 30 s (3000 mel frames).
+        head_dim: The text model's attention head size (2 heads, so hidden ``2 * head_dim``, FFN twice that).
+            vLLM's CPU attention takes 32, 64 or 128, not the default 16.
 
     Returns:
         ``folder`` as a ``Path``.
@@ -208,7 +214,6 @@ def build_qwen2_audio(folder: Path, *, seed: int = 0) -> Path:
         QWEN2_AUDIO_CHAT_TEMPLATE,
     )
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_AUDIO_SPECIAL_TOKENS}
-    window_seconds = 5
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH, chunk_length=window_seconds
     )
@@ -228,8 +233,8 @@ def build_qwen2_audio(folder: Path, *, seed: int = 0) -> Path:
         ),
         text_config=Qwen2Config(
             vocab_size=272,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=2 * head_dim,
+            intermediate_size=4 * head_dim,
             num_hidden_layers=2,
             num_attention_heads=2,
             num_key_value_heads=1,
@@ -245,8 +250,25 @@ def build_qwen2_audio(folder: Path, *, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = stop
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(folder)
+    _qwen2_audio_hub_keys(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def _qwen2_audio_hub_keys(folder: Path) -> None:
+    """Store the text model's weights under the released checkpoint's names (``language_model.model.*``).
+
+    transformers 5.19 (the range vLLM 0.32 pins) saves them as ``language_model.model.model.*``: it reloads
+    that itself, but vLLM cannot; 5.23 and later save the released names, which every version loads.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(path)
+    doubled = "language_model.model.model."
+    if any(name.startswith(doubled) for name in weights):
+        renamed = {name.replace(doubled, "language_model.model.", 1): value for name, value in weights.items()}
+        save_file(renamed, path, metadata={"format": "pt"})
 
 
 # --------------------------------------------------------------------------------------------------

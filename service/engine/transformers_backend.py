@@ -233,7 +233,8 @@ class ModelBackend:
 
     def _finish(self, row: list[int], limit: int, stop: Sequence[str]) -> tuple[str, str, int]:
         """A row's text, finish reason and completion-token count, cut at its end token, limit or stop."""
-        end = next((i for i, token in enumerate(row) if token in self._end_ids), None)
+        # Past its own limit a row holds only padding (another row of the batch went on): not an end token.
+        end = next((i for i, token in enumerate(row[:limit]) if token in self._end_ids), None)
         if end is not None:
             kept, count, finish = row[:end], end + 1, "stop"
         else:
