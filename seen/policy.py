@@ -76,10 +76,23 @@ class Control:
     profile: str  # a bundle profile or AUTO_PROFILE
     adaptive: bool = False
     """Ramp lambda by the request's SEE between the clean and the noisy calibration range."""
+    on_noisy: str = "answer"
+    """What to do with audio the report calls noisy: one of :data:`NOISY_ACTIONS`."""
 
     @property
     def applied_strength(self) -> float:
         return self.strength if self.enabled else 0.0
+
+    def action(self, report: NoiseAssessment | None) -> str:
+        """'answer', 'mark' (answer, flagged as noisy input) or 'refuse', for a request with this report."""
+        if report is None or not report.noisy or self.on_noisy == "answer":
+            return "answer"
+        return self.on_noisy
+
+
+NOISY_ACTIONS = ("answer", "mark", "refuse")
+"""answer: as usual (the report still says ``noisy``); mark: answer, and say it was noisy input in the
+answer itself; refuse: no answer, a 4xx asking the caller to repeat the audio somewhere quieter."""
 
 
 def derived_threshold(profile: NoiseProfile) -> float | None:
@@ -116,6 +129,17 @@ class NoisePolicy:
         missing = sorted(set(self.profiles) - set(self._ramps))
         if missing:
             raise ValueError(f"adaptive mode needs calibration SEE statistics; the bundle has none for {missing}")
+
+    def check_noisy_action(self, action: str) -> None:
+        """Marking or refusing noisy input needs a noisy threshold for every profile."""
+        if action not in NOISY_ACTIONS:
+            raise ValueError(f"unknown action for noisy input {action!r}; allowed: {', '.join(NOISY_ACTIONS)}")
+        missing = sorted(name for name, threshold in self.thresholds.items() if threshold is None)
+        if action != "answer" and missing:
+            raise ValueError(
+                f"on_noisy={action!r} needs a noisy threshold, and the bundle gives none for {missing}: "
+                "set SEEN_NOISY_THRESHOLD or calibrate with clean and noise clips"
+            )
 
     def check_profile(self, name: str) -> None:
         if name != AUTO_PROFILE and name not in self.profiles:

@@ -56,6 +56,7 @@ def _policy(settings: Settings, bundle: NoiseBundle) -> NoisePolicy:
     policy = NoisePolicy(bundle, noisy_threshold=settings.noisy_threshold)
     if settings.adaptive:
         policy.check_adaptive()
+    policy.check_noisy_action(settings.on_noisy)
     policy.check_profile(settings.default_profile or bundle.default_profile)
     return policy
 

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     see_method: Literal["exact", "inline"] = "exact"
     """``exact``: the reported SEE is the paper's (a score-only encoder pass precedes a SEEN-on generate);
     ``inline``: measured inside the SEEN pass, so layers after the first see upstream-cleaned activations."""
+    on_noisy: Literal["answer", "mark", "refuse"] = "answer"
+    """Audio the report calls noisy is answered as usual, answered with ``noisy_input: true`` beside the noise
+    report (mark), or refused with 422 ``noisy_audio`` (refuse); requests may override it (``seen.on_noisy``)."""
     noisy_threshold: float | None = Field(None, ge=0.0, le=1.0)
     """SEE above which a request is flagged noisy; unset derives it from the bundle's calibration statistics."""
     see_buckets: Annotated[list[float], NoDecode] = []

@@ -169,7 +169,10 @@ async def prepare_messages(
                 continue
             if role != "user":
                 raise ApiError(
-                    400, f"audio is only accepted in user messages, not {role}", code="invalid_audio_role", param=param
+                    400,
+                    f"audio is only accepted in user messages, not {message.role}",
+                    code="invalid_audio_role",
+                    param=param,
                 )
             if isinstance(part, InputAudioPart):
                 data, fmt = _base64_audio(part, limits, param)

@@ -116,6 +116,11 @@ class SeenOptions(BaseModel):
     profile: str | None = Field(
         None, min_length=1, description="Noise profile of the bundle, or 'auto' for the dominant one."
     )
+    on_noisy: Literal["answer", "mark", "refuse"] | None = Field(
+        None,
+        description="Noisy audio is answered (answer), answered with noisy_input true (mark), or refused with 422 "
+        "noisy_audio (refuse); default: the server's SEEN_ON_NOISY.",
+    )
 
 
 def _valid_unicode(value: str) -> str:
@@ -253,6 +258,9 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     noise_report: NoiseReport | None = Field(description="SEE of the request's audio; null without audio.")
+    noisy_input: bool | None = Field(
+        None, description="True when on_noisy is 'mark' and the audio was noisy: the answer may be unreliable."
+    )
 
 
 class Delta(BaseModel):
@@ -275,11 +283,15 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     noise_report: NoiseReport | None = None
+    noisy_input: bool | None = None
 
 
 class Transcription(BaseModel):
     text: str
     noise_report: NoiseReport | None
+    noisy_input: bool | None = Field(
+        None, description="True when on_noisy is 'mark' and the audio was noisy: the text may be unreliable."
+    )
 
 
 class VerboseTranscription(Transcription):

@@ -28,6 +28,9 @@ from service.metrics import ServiceMetrics
 from service.protocol import SeenOptions
 
 T = TypeVar("T")
+MESSAGE_TOKENS = 8
+"""Chat markup per message (role tokens, delimiters) counted towards the prompt limit: an upper estimate
+for the supported chat templates."""
 CHARACTERS_PER_TOKEN = 16
 """Bound on characters per allowed prompt token: beyond it a prompt is refused without being tokenized."""
 T_Job = TypeVar("T_Job", ScoreJob, GenerateJob)
@@ -96,10 +99,12 @@ class ServiceState:
             self.metrics.audio_duration.labels(self.model_name, endpoint).observe(seconds)
         return outcome
 
-    def check_prompt(self, text: str) -> None:
-        """400 for a prompt text over the limit (the setting or the model's context, the smaller), before queueing.
+    def check_prompt(self, text: str, messages: int = 1, param: str = "messages") -> None:
+        """400 for a prompt over the limit (the setting or the model's context, the smaller), before queueing.
 
-        Text longer than ``CHARACTERS_PER_TOKEN`` characters per allowed token is refused without tokenizing it.
+        Counted: the text's tokens plus ``MESSAGE_TOKENS`` per message for the chat markup around it (audio
+        tokens are bounded by the audio limits instead). Text longer than ``CHARACTERS_PER_TOKEN`` characters
+        per allowed token is refused without tokenizing it.
         """
         if self.capabilities is None:
             return
@@ -110,15 +115,16 @@ class ServiceState:
                 f"the messages' text is {len(text)} characters; this server accepts at most {limit} tokens "
                 f"(and never more than {limit * CHARACTERS_PER_TOKEN} characters)",
                 code="prompt_too_long",
-                param="messages",
+                param=param,
             )
-        tokens = self.capabilities.count_text_tokens(text)
+        tokens = self.capabilities.count_text_tokens(text) + MESSAGE_TOKENS * messages
         if tokens > limit:
             raise ApiError(
                 400,
-                f"the messages' text is {tokens} tokens; this server accepts at most {limit}",
+                f"the prompt is {tokens} tokens ({messages} messages at {MESSAGE_TOKENS} tokens of markup each "
+                f"included); this server accepts at most {limit}",
                 code="prompt_too_long",
-                param="messages",
+                param=param,
             )
 
     def check_chat(self) -> None:
@@ -172,15 +178,42 @@ class ServiceState:
         except ValueError as error:
             raise ApiError(400, str(error), code="unknown_profile", param="seen.profile") from error
         enabled = settings.seen_enabled if options.enabled is None else options.enabled
-        return Control(enabled=enabled, strength=strength, profile=profile, adaptive=settings.adaptive)
+        on_noisy = options.on_noisy or settings.on_noisy
+        try:
+            self.policy.check_noisy_action(on_noisy)
+        except ValueError as error:
+            raise ApiError(400, str(error), code="on_noisy_unavailable", param="seen.on_noisy") from error
+        return Control(
+            enabled=enabled, strength=strength, profile=profile, adaptive=settings.adaptive, on_noisy=on_noisy
+        )
 
     async def score(self, endpoint: str, job: ScoreJob) -> ScoreOutcome:
         outcome: ScoreOutcome = await self.submit(endpoint, job)
         return outcome
 
     async def generate(self, endpoint: str, job: GenerateJob) -> GenerateOutcome:
+        """Generate; with ``on_noisy="refuse"`` the audio is scored first and noisy audio gets 422, ungenerated."""
+        if job.control.on_noisy == "refuse" and job.clips:
+            engine, _ = self.serving()
+            scored = await self._wait(engine.score(ScoreJob(job.conversation, job.clips, job.control)))
+            if job.control.action(scored.report) == "refuse":
+                assert scored.report is not None
+                report = scored.report
+                raise ApiError(
+                    422,
+                    f"the audio is too noisy to answer reliably: its SEE is {report.see:.3f}, above the "
+                    f"{report.profile!r} threshold {report.threshold:.3f}; record it again somewhere quieter, or "
+                    "send seen.on_noisy='answer' (or 'mark') to get an answer anyway",
+                    code="noisy_audio",
+                    param="messages",
+                )
         outcome: GenerateOutcome = await self.submit(endpoint, job)
         return outcome
+
+    @staticmethod
+    def noisy_input(job: GenerateJob, outcome: GenerateOutcome) -> bool | None:
+        """The answer's ``noisy_input`` field: true when the request asked to mark noisy input and it was."""
+        return True if job.control.action(outcome.report) == "mark" else None
 
     def _queue_full(self, reason: str) -> ApiError:
         retry = {"Retry-After": str(self.settings.retry_after_seconds)}

@@ -260,3 +260,28 @@ async def test_clips_of_a_few_milliseconds_are_answered(paths: tuple[Path, Path]
             assert chat.status_code == 200, chat.text
             assert transcribed.status_code == 200, transcribed.text
             assert chat.json()["noise_report"]["clips"] == 1
+
+
+async def test_noisy_input_is_answered_marked_or_refused_as_asked(paths: tuple[Path, Path]) -> None:
+    clip = speechlike(1.0, 11)
+    upload = {"file": ("a.wav", audio_bytes(clip), "audio/wav")}
+    async with serving(*paths, noisy_threshold=0.0, on_noisy="refuse") as client:  # every clip counts as noisy
+        refused = await client.post("/v1/chat/completions", json=chat_body(clip))
+        streamed = await client.post("/v1/chat/completions", json=chat_body(clip, stream=True))
+        transcription = await client.post("/v1/audio/transcriptions", data={"model": MODEL_NAME}, files=upload)
+        answered = await client.post("/v1/chat/completions", json=chat_body(clip, seen={"on_noisy": "answer"}))
+        marked = await client.post("/v1/chat/completions", json=chat_body(clip, seen={"on_noisy": "mark"}))
+        scrape = (await client.get("/metrics")).text
+    for response in (refused, streamed, transcription):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "noisy_audio" and "somewhere quieter" in error["message"]
+    assert metric_value(scrape, "seen_rejected_requests_total", reason="noisy_audio") == 3
+    assert answered.status_code == 200 and answered.json()["noisy_input"] is None
+    assert answered.json()["noise_report"]["noisy"] is True
+    assert marked.status_code == 200 and marked.json()["noisy_input"] is True
+    async with serving(*paths, noisy_threshold=1.0, on_noisy="refuse") as client:  # nothing is noisy
+        quiet = await client.post("/v1/chat/completions", json=chat_body(clip, seen={"on_noisy": "mark"}))
+        clean = await client.post("/v1/chat/completions", json=chat_body(clip))
+    assert quiet.status_code == 200 and quiet.json()["noisy_input"] is None
+    assert clean.status_code == 200 and clean.json()["noise_report"]["noisy"] is False

@@ -66,11 +66,12 @@ async def _run(
         return VerboseTranscription(
             text=outcome.text,
             noise_report=outcome.report,
+            noisy_input=state.noisy_input(job, outcome),
             task=task.task,
             language=task.language or ("english" if task.task == "translate" else "unknown"),
             duration=prepared.seconds,
         )
-    return Transcription(text=outcome.text, noise_report=outcome.report)
+    return Transcription(text=outcome.text, noise_report=outcome.report, noisy_input=state.noisy_input(job, outcome))
 
 
 @router.post("/transcriptions", response_model=None, responses={200: TRANSCRIPTION})

@@ -71,7 +71,7 @@ async def build_job(request: ChatCompletionRequest, state: ServiceState) -> Gene
             code="max_tokens_too_large",
             param="max_completion_tokens" if request.max_completion_tokens else "max_tokens",
         )
-    state.check_prompt(message_text(request.messages))
+    state.check_prompt(message_text(request.messages), len(request.messages))
     prepared = await prepare_messages(request.messages, limits, state.http)
     sampling = Sampling(
         max_tokens=max_tokens,
@@ -95,6 +95,7 @@ async def chat_completions(request: ChatCompletionRequest, state: State) -> Chat
         choices=[Choice(message=AssistantMessage(content=outcome.text), finish_reason=outcome.finish_reason)],
         usage=_usage(outcome),
         noise_report=outcome.report,
+        noisy_input=state.noisy_input(job, outcome),
     )
 
 
@@ -155,7 +156,7 @@ async def _stream(state: ServiceState, job: GenerateJob, include_usage: bool) ->
                 return
             rest = outcome.text[len(sent) :] if outcome.text.startswith(sent) else ""
             final = ChunkChoice(delta=Delta(content=rest or None), finish_reason=outcome.finish_reason)
-            yield event(chunk([final], noise_report=outcome.report))
+            yield event(chunk([final], noise_report=outcome.report, noisy_input=state.noisy_input(job, outcome)))
             if include_usage:
                 yield event(chunk([], usage=_usage(outcome)))
             yield "data: [DONE]\n\n"
