@@ -174,3 +174,30 @@ def test_what_vllm_cannot_serve_is_refused_before_loading(architecture: str, sit
     bundle = SimpleNamespace(model=SimpleNamespace(architecture=architecture), site=site)
     with pytest.raises(ValueError, match=refusal):
         check_vllm_support(bundle)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(bundle: NoiseBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bundle.save(tmp_path_factory.mktemp("vllm-bundle"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_service_answers_the_same_on_both_engines(model_dir: Path, bundle_dir: Path) -> None:
+    """``engine=vllm`` through the app: load, warm-up, a chat answer and a stream equal to the transformers engine's."""
+    from tests.service_helpers import chat_body, serving
+
+    body = chat_body(speechlike(1.3, 0), max_tokens=8, temperature=0)
+    answers = {}
+    for engine in ("transformers", "vllm"):
+        async with serving(model_dir, bundle_dir, engine=engine) as client:
+            assert (await client.get("/ready")).status_code == 200
+            answer = (await client.post("/v1/chat/completions", json=body)).json()
+            streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+            assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+            answers[engine] = answer
+    assert answers["vllm"]["choices"] == answers["transformers"]["choices"]
+    assert answers["vllm"]["usage"] == answers["transformers"]["usage"]
+    assert answers["vllm"]["noise_report"]["see"] == pytest.approx(
+        answers["transformers"]["noise_report"]["see"], abs=1e-5
+    )
