@@ -119,8 +119,39 @@ def error_response(
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    """The field path a caller wrote: without the request part, pydantic's validator and union names
+    (``function-after[...]``, ``list[tagged-union[...]]``) and the tag a tagged union repeats."""
+    parts: list[str] = []
+    for part in loc:
+        text = str(part)
+        if text in ("body", "query", "path", "header") or "[" in text:
+            continue
+        if parts and parts[-1] == text and not text.isdigit():
+            continue  # {"type": "text", "text": ...}: the tag, then the field of the same name
+        parts.append(text)
     return ".".join(parts)
+
+
+def _validation_message(problems: list[dict[str, Any]], content_type: str) -> tuple[str, str | None]:
+    """One readable message and the field it names, for pydantic's errors on a request."""
+    if any(p.get("type") == "json_invalid" for p in problems):
+        where = next(p for p in problems if p.get("type") == "json_invalid")
+        position = next((part for part in where.get("loc", ()) if isinstance(part, int)), None)
+        at = f" (at character {position})" if position is not None else ""
+        return f"the body is not valid JSON{at}: {where.get('msg')}", None
+    located = [(_location(tuple(p.get("loc", ()))), str(p.get("msg"))) for p in problems]
+    # A union reports every branch: keep the deepest, which says what was wrong with what was sent.
+    kept = [
+        (where, message)
+        for where, message in located
+        if not any(other != where and other.startswith(f"{where}.") for other, _ in located)
+    ]
+    kept = list(dict.fromkeys(kept))
+    if kept and kept[0][0] == "" and "json" not in content_type:
+        sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        return f"send the body as JSON with Content-Type: application/json (this request had {sent})", None
+    message = "; ".join(f"{where or 'body'}: {text}" for where, text in kept[:5])
+    return message, (kept[0][0] or None) if kept else None
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -133,13 +164,11 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         return error.response()
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = error.errors()
-        first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
-        where = _location(tuple(first.get("loc", ())))
-        message = "; ".join(f"{_location(tuple(p.get('loc', ()))) or 'body'}: {p.get('msg')}" for p in problems[:5])
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = list(error.errors()) or [{"loc": (), "msg": "invalid request"}]
+        message, where = _validation_message(problems, request.headers.get("content-type", ""))
         count("invalid_schema")
-        return error_response(422, message, code="invalid_schema", param=where or None)
+        return error_response(422, message, code="invalid_schema", param=where)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:

@@ -195,7 +195,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(
         None, ge=-(2**63), le=2**64 - 1, description="Sampling seed: a 64-bit integer (torch's range)."
     )
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for OpenAI clients; only 0.")
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Accepted for OpenAI clients; only 0.")

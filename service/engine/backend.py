@@ -14,6 +14,11 @@ TextSink = Callable[[str], None]
 """Receives a streamed request's new text as it is generated (called from the device thread)."""
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily: dividing logits by a smaller one overflows float32 (and is the
+argmax anyway)."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Generation parameters of one request."""
@@ -27,7 +32,11 @@ class Sampling:
     @property
     def batch_key(self) -> tuple[object, ...]:
         """Requests share a generate call only when these agree (max_tokens is enforced per request)."""
-        return (self.temperature if self.temperature > 0 else 0.0, self.top_p, self.seed, self.stop)
+        return (0.0 if self.greedy else self.temperature, self.top_p, self.seed, self.stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass

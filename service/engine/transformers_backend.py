@@ -225,7 +225,7 @@ class ModelBackend:
                 [_PerRequestLimit(prompt_length, torch.tensor(limits, device=self.device), jobs)]
             ),
         }
-        if sampling.temperature > 0:
+        if not sampling.greedy:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

@@ -216,7 +216,7 @@ class VllmBackend(ModelBackend):
         from vllm import SamplingParams
 
         sampling = job.sampling
-        greedy = sampling.temperature <= 0
+        greedy = sampling.greedy
         return SamplingParams(
             max_tokens=sampling.max_tokens,
             temperature=0.0 if greedy else sampling.temperature,

@@ -56,6 +56,8 @@ async def _run(
     temperature: float,
 ) -> Transcription | PlainTextResponse:
     limits = state.admit(model, task=task)
+    if prompt:
+        state.check_prompt(prompt, param="prompt")  # the caller's part; the task instruction is fixed and short
     prepared = await prepare_upload(file, limits, _instruction(task, prompt))
     sampling = Sampling(max_tokens=state.settings.max_tokens_default, temperature=temperature)
     job = GenerateJob(prepared.conversation, prepared.clips, state.control(None), sampling=sampling, speech=task)
