@@ -25,7 +25,10 @@ from tests.test_service_server import CHAT_ENDPOINT, serve_command
 KEY = "resource-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LONG = 4000  # tokens: well over ten seconds of decoding for the tiny model on a CPU
-QUICK_SECONDS = 3.0  # a small request on an idle server answers well within this
+QUICK_SECONDS = 5.0  # a small request on an idle server answers well within this, even on a busy machine
+STOPPED = 0.75 * LONG
+"""A cancelled request generated fewer tokens than this: it stopped, instead of running to max_tokens (a
+timeout after 2 s leaves it a few hundred to a couple of thousand tokens, depending on the machine's load)."""
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_a_timed_out_request_stops_its_generation(guarded: Server) -> None:
     response = httpx.post(f"{guarded.url}{CHAT_ENDPOINT}", json=body, headers=AUTH, timeout=60)
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
     assert _device_is_free(guarded) < QUICK_SECONDS
-    assert _generated_tokens(guarded) - before < LONG / 2  # stopped, not run to max_tokens
+    assert _generated_tokens(guarded) - before < STOPPED  # stopped, not run to max_tokens
 
 
 def test_a_departed_streaming_client_stops_its_generation(guarded: Server) -> None:
@@ -77,7 +80,7 @@ def test_a_departed_streaming_client_stops_its_generation(guarded: Server) -> No
         for _ in range(5):
             next(lines)
     assert _device_is_free(guarded) < QUICK_SECONDS
-    assert _generated_tokens(guarded) - before < LONG / 2
+    assert _generated_tokens(guarded) - before < STOPPED
 
 
 def test_a_departed_plain_client_stops_its_generation(guarded: Server) -> None:
@@ -86,7 +89,7 @@ def test_a_departed_plain_client_stops_its_generation(guarded: Server) -> None:
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{guarded.url}{CHAT_ENDPOINT}", json=body, headers=AUTH, timeout=0.7)
     assert _device_is_free(guarded) < QUICK_SECONDS
-    assert _generated_tokens(guarded) - before < LONG / 2
+    assert _generated_tokens(guarded) - before < STOPPED
 
 
 def test_a_prompt_over_the_limit_is_refused_before_queueing(guarded: Server) -> None:
