@@ -105,3 +105,24 @@ def test_linear_fit_recovers_a_line_and_is_nan_when_x_is_constant() -> None:
     assert linear_fit(x, 3 * x - 2) == pytest.approx((3.0, -2.0))
     assert all(math.isnan(v) for v in linear_fit([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
     assert all(math.isnan(v) for v in linear_fit([1.0], [1.0]))
+
+
+def test_study_wer_change_is_paired_per_clip_with_an_interval() -> None:
+    from evaluation.study import table, wer_change
+
+    rows = []
+    for clip in range(6):
+        for noise, snr in (("clean", ""), ("white", "0.0"), ("white", "10.0")):
+            base = 0.5 if noise == "white" else 0.1
+            rows.append({"noise": noise, "snr_db": snr, "method": "none", "clip": f"c{clip}", "wer": str(base)})
+            better = base - (0.2 if snr == "0.0" else 0.0)  # helps at 0 dB only, by 20 points
+            rows.append({"noise": noise, "snr_db": snr, "method": "seen-1", "clip": f"c{clip}", "wer": str(better)})
+    at_zero = wer_change(rows, "seen-1", [("white", 0.0)])
+    assert at_zero.points == pytest.approx(20.0) and at_zero.low == pytest.approx(20.0) and at_zero.requests == 6
+    both = wer_change(rows, "seen-1", [("white", 0.0), ("white", 10.0)])
+    assert both.points == pytest.approx(10.0)
+    assert wer_change(rows, "seen-1", [("clean", None)]).points == pytest.approx(0.0)
+    text = table(rows, [0.0, 10.0])
+    assert "| seen-1 | +0.00 [+0.00, +0.00] | +10.00 [+10.00, +10.00] | +10.00 [+10.00, +10.00] |" in text
+    with pytest.raises(ValueError, match="no rows of method"):
+        wer_change(rows, "seen-0.5", None)
