@@ -15,6 +15,12 @@ Why this is built the way it is:
 * SEEN on versus off is measured once per SEE method (a server each): ``exact`` runs a score-only
   pass before the SEEN pass; ``inline`` measures SEE during it.
 
+* A speech recognizer (Whisper: ``--transcribe``) is driven through ``/v1/audio/transcriptions``; a
+  transcription takes no per-request SEEN switch, so SEEN on and off are two servers side by side.
+* Each variant's time is broken down from the server's own metrics (sums over the measured requests):
+  device time in the encoder (SEE passes included) and in decoding, and the rest (HTTP, JSON or
+  multipart, base64, audio decoding, features, queue and report), so a ratio explains itself.
+
 Run as ``python -m benchmarks.service_load --model M --bundle B`` or ``--tiny`` (builds the tiny
 offline Qwen2-Audio of the tests and calibrates a bundle for it in a temporary folder).
 """
@@ -83,54 +89,93 @@ def _body(clip_b64: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
     return {"model": "bench", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
 
 
+def _transcription(wav: bytes) -> dict[str, Any]:
+    """A multipart transcription request, in the same dict form as a JSON body (keys ``files`` and ``data``)."""
+    return {"files": {"file": ("clip.wav", wav, "audio/wav")}, "data": {"model": "bench"}}
+
+
 async def _timed(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     start = time.perf_counter()
-    response = await client.post(path, json=body)
+    if "files" in body:
+        response = await client.post(path, files=body["files"], data=body["data"])
+    else:
+        response = await client.post(path, json=body)
     elapsed = time.perf_counter() - start
     if response.status_code != 200:
         raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
     return elapsed, response.json()
 
 
-async def _worker(client: httpx.AsyncClient, body: dict[str, Any], tickets: Iterator[int], out: list[float]) -> None:
+async def _worker(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], tickets: Iterator[int], out: list[float]
+) -> None:
     for _ in tickets:
-        out.append((await _timed(client, "/v1/chat/completions", body))[0])
+        out.append((await _timed(client, path, body))[0])
 
 
-async def load(url: str, body: dict[str, Any], requests_per_level: int) -> None:
-    print("\nload (chat completions, SEEN on):")
+async def load(url: str, path: str, body: dict[str, Any], requests_per_level: int) -> None:
+    print(f"\nload ({path}, SEEN on):")
     print(f"{'concurrency':>11} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await _timed(client, "/v1/chat/completions", body)
+        await _timed(client, path, body)
         for concurrency in CONCURRENCY:
             total = max(requests_per_level, 2 * concurrency)
             latencies: list[float] = []
             tickets = iter(range(total))  # shared: the workers together send ``total`` requests
             start = time.perf_counter()
-            await asyncio.gather(*(_worker(client, body, tickets, latencies) for _ in range(concurrency)))
+            await asyncio.gather(*(_worker(client, path, body, tickets, latencies) for _ in range(concurrency)))
             wall = time.perf_counter() - start
             p50, p95 = np.percentile(latencies, [50, 95]) * 1000
             print(f"{concurrency:>11} {total:>8} {total / wall:>8.2f} {p50:>8.1f} {p95:>8.1f}")
 
 
-async def compare(url: str, variants: dict[str, tuple[str, dict[str, Any]]], rounds: int) -> dict[str, list[float]]:
-    """Latency of each variant, interleaved request by request; checks equal completion lengths."""
+Variant = tuple[str, str, dict[str, Any]]  # server URL, path, body
+
+
+async def _device_seconds(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+    """Sums of the server's encoder and generation histograms so far."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums = {"seen_encoder_duration_seconds_sum": 0.0, "seen_generation_duration_seconds_sum": 0.0}
+    for family in text_string_to_metric_families((await client.get(f"{url}/metrics")).text):
+        for sample in family.samples:
+            if sample.name in sums:
+                sums[sample.name] += sample.value
+    return sums["seen_encoder_duration_seconds_sum"], sums["seen_generation_duration_seconds_sum"]
+
+
+async def compare(variants: dict[str, Variant], rounds: int) -> dict[str, list[float]]:
+    """Latency of each variant, interleaved request by request; checks equal completion lengths and prints
+    where each variant's time went (device encoder, device decoding, the rest)."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, set[int]] = {name: set() for name in variants}
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        for path, body in variants.values():
-            await _timed(client, path, body)
+    device: dict[str, list[float]] = {name: [0.0, 0.0] for name in variants}
+    async with httpx.AsyncClient(timeout=600) as client:
+        for url, path, body in variants.values():
+            await _timed(client, f"{url}{path}", body)
         for index in range(rounds):
             order = list(variants) if index % 2 == 0 else list(reversed(variants))
             for name in order:
-                path, body = variants[name]
-                elapsed, answer = await _timed(client, path, body)
+                url, path, body = variants[name]
+                before = await _device_seconds(client, url)
+                elapsed, answer = await _timed(client, f"{url}{path}", body)
+                after = await _device_seconds(client, url)
                 times[name].append(elapsed)
+                device[name][0] += after[0] - before[0]
+                device[name][1] += after[1] - before[1]
                 if "usage" in answer:
                     tokens[name].add(answer["usage"]["completion_tokens"])
     lengths = {name: sorted(values) for name, values in tokens.items() if values}
     if len({tuple(values) for values in lengths.values()}) > 1:
         print(f"  warning: completion lengths differ between variants: {lengths}")
+    for name in variants:
+        total = sum(times[name]) / rounds * 1000
+        encoder, decoding = (value / rounds * 1000 for value in device[name])
+        rest = total - encoder - decoding
+        print(
+            f"  {name:>5}: {total:8.1f} ms = encoder {encoder:7.1f} + decoding {decoding:7.1f}"
+            f" + rest {rest:7.1f} (mean)"
+        )
     return times
 
 
@@ -170,6 +215,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds per ratio")
+    parser.add_argument(
+        "--transcribe", action="store_true", help="a speech recognizer (Whisper): drive /v1/audio/transcriptions"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         if args.tiny:
@@ -199,17 +247,45 @@ async def run(args: argparse.Namespace) -> None:
     print(f"model {args.model}, {args.seconds:g} s clip, max_tokens {args.max_tokens}, device {args.device}")
     print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}")
     common = ["--device", args.device, "--max-batch-size", "16", "--max-queue-size", "256"]
-    with server(args.model, args.bundle, *common) as url:
-        await load(url, on, args.requests)
+    common += ["--max-tokens-default", str(args.max_tokens)]
+    if args.transcribe:
+        await run_transcriptions(args, buffer.getvalue(), on, common)
+        return
+    with server(args.model, args.bundle, *common, "--seen-enabled") as url:
+        await load(url, "/v1/chat/completions", on, args.requests)
         print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method exact):")
-        variants = {"on": ("/v1/chat/completions", on), "off": ("/v1/chat/completions", off), "see": ("/v1/see", on)}
-        times = await compare(url, variants, args.rounds)
+        variants: dict[str, Variant] = {
+            "on": (url, "/v1/chat/completions", on),
+            "off": (url, "/v1/chat/completions", off),
+            "see": (url, "/v1/see", on),
+        }
+        times = await compare(variants, args.rounds)
         print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
         print("  " + ratio_line("/v1/see / chat (SEEN on)", times["see"], times["on"]))
-    with server(args.model, args.bundle, *common, "--see-method", "inline") as url:
+    with server(args.model, args.bundle, *common, "--seen-enabled", "--see-method", "inline") as url:
         print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method inline):")
-        times = await compare(url, {"on": variants["on"], "off": variants["off"]}, args.rounds)
+        inline = {name: (url, path, body) for name, (_, path, body) in variants.items() if name != "see"}
+        times = await compare(inline, args.rounds)
         print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
+
+
+async def run_transcriptions(args: argparse.Namespace, wav: bytes, see_body: dict[str, Any], common: list[str]) -> None:
+    """A speech recognizer: transcriptions on two servers (SEEN on, SEEN off) side by side, and /v1/see."""
+    body = _transcription(wav)
+    with (
+        server(args.model, args.bundle, *common, "--seen-enabled") as on_url,
+        server(args.model, args.bundle, *common, "--no-seen-enabled") as off_url,
+    ):
+        await load(on_url, "/v1/audio/transcriptions", body, args.requests)
+        print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method exact):")
+        variants: dict[str, Variant] = {
+            "on": (on_url, "/v1/audio/transcriptions", body),
+            "off": (off_url, "/v1/audio/transcriptions", body),
+            "see": (on_url, "/v1/see", see_body),
+        }
+        times = await compare(variants, args.rounds)
+        print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
+        print("  " + ratio_line("/v1/see / transcription (SEEN on; target <= 0.25)", times["see"], times["on"]))
 
 
 if __name__ == "__main__":
