@@ -104,6 +104,8 @@ async def load_model(state: ServiceState) -> None:
         await engine.score(ScoreJob(conversation, [clip], control))
         await engine.generate(GenerateJob(conversation, [clip], control, sampling=Sampling(max_tokens=2)))
     engine.attach_metrics(state.metrics)
+    if settings.engine == "vllm":
+        state.metrics.include_engine_metrics("vllm:")
     state.metrics.describe_model(
         lm.architecture, state.bundle.bases_sha256, state.bundle.site.value, list(state.bundle.profiles)
     )

@@ -7,9 +7,11 @@ served model are resolved; they can be set explicitly instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from seen import __version__
 from seen.bundle import NoiseBundle, SeeStats
@@ -148,3 +150,22 @@ class ServiceMetrics:
     def track_queue(self, depth: Callable[[], int], capacity: int) -> None:
         self.queue_depth.labels(self.model_name).set_function(depth)
         self.queue_capacity.labels(self.model_name).set(capacity)
+
+    def include_engine_metrics(self, prefix: str) -> None:
+        """Also export the families an engine registers on prometheus_client's global registry (vLLM's
+        ``vllm:*``), so that one scrape of ``/metrics`` has both; each family once, read at scrape time."""
+        self.registry.register(_Forwarded(REGISTRY, prefix))
+
+
+class _Forwarded(Collector):
+    """The families of another registry whose names start with a prefix."""
+
+    def __init__(self, source: CollectorRegistry, prefix: str) -> None:
+        self.source = source
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.source.collect() if family.name.startswith(self.prefix))
+
+    def describe(self) -> list[Metric]:
+        return []  # families come and go with the engine: nothing to reserve at registration

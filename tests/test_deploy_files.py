@@ -149,7 +149,8 @@ def test_every_dashboard_query_follows_the_model_variable_and_datasource() -> No
         assert panel.get("description"), f"{panel['title']}: operators read what a panel means from its description"
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            assert target["expr"].count("seen_") == target["expr"].count('model_name=~"$model_name"'), target["expr"]
+            families = target["expr"].count("seen_") + target["expr"].count("vllm:")
+            assert families == target["expr"].count('model_name=~"$model_name"'), target["expr"]
 
 
 def test_the_dashboard_layout_has_unique_ids_and_no_overlapping_panels() -> None:

@@ -11,6 +11,8 @@ attention refuses 16) is served by both backends; vLLM's engine starts once for 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -188,7 +190,7 @@ async def test_the_service_answers_the_same_on_both_engines(model_dir: Path, bun
     from tests.service_helpers import chat_body, serving
 
     body = chat_body(speechlike(1.3, 0), max_tokens=8, temperature=0)
-    answers = {}
+    answers, scrapes = {}, {}
     for engine in ("transformers", "vllm"):
         async with serving(model_dir, bundle_dir, engine=engine) as client:
             assert (await client.get("/ready")).status_code == 200
@@ -196,8 +198,22 @@ async def test_the_service_answers_the_same_on_both_engines(model_dir: Path, bun
             streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
             assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
             answers[engine] = answer
+            scrapes[engine] = (await client.get("/metrics")).text
     assert answers["vllm"]["choices"] == answers["transformers"]["choices"]
     assert answers["vllm"]["usage"] == answers["transformers"]["usage"]
     assert answers["vllm"]["noise_report"]["see"] == pytest.approx(
         answers["transformers"]["noise_report"]["see"], abs=1e-5
     )
+    # one scrape: the service's families and vLLM's engine families, each once, and promtool accepts it
+    helps = [line.split()[2] for line in scrapes["vllm"].splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps))
+    assert any(name.startswith("vllm:") for name in helps) and any(name.startswith("seen_") for name in helps)
+    assert not any(name.startswith("vllm:") for name in scrapes["transformers"].split())
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package 'prometheus') is required; .ci/run installs it"
+    checked = subprocess.run([promtool, "check", "metrics"], input=scrapes["vllm"], capture_output=True, text=True)
+    # vLLM's own naming (vllm:* with a colon, which promtool's lint reserves for recording rules, and a
+    # histogram named *_total) draws lint findings on its families only; the scrape parses, and the
+    # service's own families pass every lint.
+    findings = [line for line in (checked.stdout + checked.stderr).splitlines() if line.strip()]
+    assert [line for line in findings if not line.startswith("vllm:")] == []

@@ -114,6 +114,7 @@ class VllmBackend(ModelBackend):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seen-vllm")
         options = {
             "model": lm.source,
+            "served_model_name": model_name,  # vLLM's metrics carry it as model_name, as the service's do
             "dtype": _dtype_name(lm.dtype),
             "enable_mm_embeds": True,
             "limit_mm_per_prompt": {"audio": 0},  # no vLLM audio tower: embeddings only
