@@ -86,8 +86,10 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(4096, ge=1)
     """Longest completion a request may ask for."""
 
-    seen_enabled: bool = True
-    """Neutralize (SEEN) by default; a request may still switch it off with ``seen.enabled``."""
+    seen_enabled: bool = False
+    """Neutralize (SEEN) every request. Off by default: score and flag, do not edit, because the SEEN study on
+    real Whisper (docs/evaluation.md) found no configuration that lowers WER under noise; a request may still
+    switch it on with ``seen.enabled`` (its noise report says what was applied either way)."""
     default_strength: float | None = Field(None, ge=0.0, le=2.0)
     """Default lambda; unset means the bundle's own default."""
     default_profile: str = ""

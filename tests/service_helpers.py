@@ -48,7 +48,11 @@ def chat_body(*clips: np.ndarray, text: str = "What is said?", **extra: Any) -> 
 
 
 def settings(model: Path, bundle: Path, **overrides: Any) -> Settings:
-    return Settings(model=str(model), bundle=str(bundle), served_model_name=MODEL_NAME, **overrides)
+    """The tests' server settings: SEEN on, unless told otherwise, since most of them check what it does
+    (the served default, off, is checked on its own)."""
+    return Settings(
+        model=str(model), bundle=str(bundle), served_model_name=MODEL_NAME, **{"seen_enabled": True, **overrides}
+    )
 
 
 @asynccontextmanager

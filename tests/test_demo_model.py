@@ -167,7 +167,9 @@ async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
             if name == "request.wav":
                 assert reply["choices"][0]["message"]["content"] == EXAMPLE_SENTENCE
     clean, noisy_report = reports["request.wav"], reports["request-white-0db.wav"]
-    assert clean["enabled"] and clean["profile"] == "merged" and clean["noisy"] is False
+    # served as is (score and flag): SEEN is off unless asked for, and the report says so
+    assert clean["enabled"] is False and clean["residual_see"] == pytest.approx(clean["see"], rel=1e-5)
+    assert clean["profile"] == "merged" and clean["noisy"] is False
     assert noisy_report["noisy"] is True and noisy_report["dominant_noise"] == "white"
     assert noisy_report["see_by_profile"]["white"] > 3 * clean["see_by_profile"]["white"]
 

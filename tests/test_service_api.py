@@ -285,3 +285,23 @@ async def test_noisy_input_is_answered_marked_or_refused_as_asked(paths: tuple[P
         clean = await client.post("/v1/chat/completions", json=chat_body(clip))
     assert quiet.status_code == 200 and quiet.json()["noisy_input"] is None
     assert clean.status_code == 200 and clean.json()["noise_report"]["noisy"] is False
+
+
+async def test_the_served_default_scores_and_flags_without_editing(paths: tuple[Path, Path]) -> None:
+    """SEEN is off unless asked for (the SEEN study found no configuration that helps real Whisper)."""
+    from service.app import create_app
+    from service.config import Settings
+
+    model, bundle = paths
+    app = create_app(Settings(model=str(model), bundle=str(bundle), served_model_name=MODEL_NAME))
+    async with running(app) as client:
+        plain = (await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 3)))).json()
+        asked = (
+            await client.post("/v1/chat/completions", json=chat_body(speechlike(1.0, 3), seen={"enabled": True}))
+        ).json()
+    assert plain["noise_report"]["enabled"] is False and plain["noise_report"]["strength"] == 0.0
+    assert plain["noise_report"]["residual_see"] == pytest.approx(plain["noise_report"]["see"], rel=1e-5)
+    assert (
+        asked["noise_report"]["enabled"] is True
+        and asked["noise_report"]["residual_see"] < asked["noise_report"]["see"]
+    )

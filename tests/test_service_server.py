@@ -55,6 +55,7 @@ def serve_command(model: Path, bundle: Path, port: int, *extra: str) -> list[str
         "--port", str(port),
         "--max-tokens-default", str(MAX_TOKENS_DEFAULT),
         "--device", "cpu",
+        "--seen-enabled",  # most tests check what SEEN does; the served default (off) is tested on its own
         *extra,
     ]  # fmt: skip
 
