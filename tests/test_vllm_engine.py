@@ -209,6 +209,11 @@ async def test_the_service_answers_the_same_on_both_engines(model_dir: Path, bun
     assert len(helps) == len(set(helps))
     assert any(name.startswith("vllm:") for name in helps) and any(name.startswith("seen_") for name in helps)
     assert not any(name.startswith("vllm:") for name in scrapes["transformers"].split())
+    from tests.test_deploy_live import dashboard_expressions, metric_names
+
+    on_dashboard = {name for e in dashboard_expressions() for name in metric_names(e) if name.startswith("vllm:")}
+    exported = {line.split("{")[0].split()[0] for line in scrapes["vllm"].splitlines() if line.startswith("vllm:")}
+    assert on_dashboard and on_dashboard <= exported, on_dashboard - exported
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package 'prometheus') is required; .ci/run installs it"
     checked = subprocess.run([promtool, "check", "metrics"], input=scrapes["vllm"], capture_output=True, text=True)
