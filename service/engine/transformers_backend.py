@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from seen.adapters import AudioLM, Clip, Message, ModelBatch
 from seen.audio import is_digital_silence
 from seen.bundle import NoiseBundle
 from seen.patch import SeeMeasurement
-from seen.policy import AUTO_PROFILE, NoisePolicy
+from seen.policy import AUTO_PROFILE, NoiseAssessment, NoisePolicy
 from seen.scoring import PatchedModel
 from service.engine.backend import Capabilities, GenerateJob, GenerateOutcome, ScoreJob, ScoreOutcome, Timing
 from service.engine.clock import EncoderClock
@@ -41,6 +42,16 @@ class _PerRequestLimit(StoppingCriteria):
         if any(cancelled):
             done = done | torch.tensor(cancelled, device=done.device)
         return done
+
+
+@dataclass(frozen=True)
+class Controls:
+    """A batch's SEEN controls: per job (profile index, lambda) and per clip (the tensors the patch takes)."""
+
+    profiles: list[int]
+    strengths: list[float]
+    clip_profile: torch.Tensor
+    clip_strength: torch.Tensor
 
 
 def _silent_clips(job: ScoreJob) -> int:
@@ -157,14 +168,7 @@ class ModelBackend:
         exact_see = self._exact_see(jobs) if clips else None
         exact, encoder_seconds = self._score_pass(batch) if exact_see == "before" else (None, 0.0)
 
-        profiles, strengths = [], []
-        for job, job_rows in zip(jobs, rows, strict=True):
-            see = exact.see[job_rows].mean(dim=0) if exact is not None and job_rows else None
-            profile = self.policy.profile_index(job.control, see) if job_rows else 0
-            profiles.append(profile)
-            strengths.append(self.policy.strength(job.control, profile, None if see is None else float(see[profile])))
-        clip_profile = torch.tensor([profiles[j] for j, job_rows in enumerate(rows) for _ in job_rows])
-        clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
+        controls = self._controls(jobs, rows, exact)
 
         prompt_length = self.model.prompt_length(batch)
         limits = [job.sampling.max_tokens for job in row_jobs]
@@ -176,7 +180,7 @@ class ModelBackend:
         with ExitStack() as stack:
             calls = stack.enter_context(self.model.recording_critical_layers()) if exact_see == "replay" else None
             encoder = stack.enter_context(self.clock.measuring())
-            readout = stack.enter_context(self.model.neutralizing(batch, clip_strength, clip_profile))
+            readout = stack.enter_context(self.model.neutralizing(batch, controls.clip_strength, controls.clip_profile))
             if seed is not None:
                 torch.manual_seed(seed)
             tokens = self.model.generate(batch, stop=jobs[0].sampling.stop, **kwargs).cpu()
@@ -199,21 +203,48 @@ class ModelBackend:
             if job.cancelled.is_set():
                 finish = "cancelled"
             count = sum(tokens_used for _, _, tokens_used in finished)
-            noise = None
-            if rows[index] and inline is not None:
-                noise = self.policy.assess(
-                    exact or inline,
-                    inline,
-                    rows[index],
-                    profile=profiles[index],
-                    control=job.control,
-                    strength=strengths[index],
-                    method="exact" if exact is not None or strengths[index] == 0 else "inline",
-                    silent_clips=_silent_clips(job),
-                )
+            noise = self._report(job, rows[index], controls, index, exact, inline)
             used_prompt = sum(int(prompt_tokens[row]) for row in outputs[index])
             outcomes.append(GenerateOutcome(text, finish, used_prompt, count, noise, timing))
         return outcomes
+
+    def _controls(
+        self, jobs: Sequence[GenerateJob], rows: Sequence[Sequence[int]], exact: SeeMeasurement | None
+    ) -> Controls:
+        """Each job's profile and lambda (from its SEE when the policy needs it), spread over its clips."""
+        profiles, strengths = [], []
+        for job, job_rows in zip(jobs, rows, strict=True):
+            see = exact.see[list(job_rows)].mean(dim=0) if exact is not None and job_rows else None
+            profile = self.policy.profile_index(job.control, see) if job_rows else 0
+            profiles.append(profile)
+            strengths.append(self.policy.strength(job.control, profile, None if see is None else float(see[profile])))
+        clip_profile = torch.tensor([profiles[j] for j, job_rows in enumerate(rows) for _ in job_rows])
+        clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
+        return Controls(profiles, strengths, clip_profile, clip_strength)
+
+    def _report(
+        self,
+        job: ScoreJob,
+        rows: Sequence[int],
+        controls: Controls,
+        index: int,
+        exact: SeeMeasurement | None,
+        inline: SeeMeasurement | None,
+    ) -> NoiseAssessment | None:
+        """A generated job's noise report: the paper's SEE when there is one, the SEEN pass's residual."""
+        if not rows or inline is None:
+            return None
+        strength = controls.strengths[index]
+        return self.policy.assess(
+            exact or inline,
+            inline,
+            rows,
+            profile=controls.profiles[index],
+            control=job.control,
+            strength=strength,
+            method="exact" if exact is not None or strength == 0 else "inline",
+            silent_clips=_silent_clips(job),
+        )
 
     def _generation_kwargs(self, jobs: Sequence[GenerateJob], prompt_length: int, limits: list[int]) -> dict[str, Any]:
         """``jobs`` and ``limits``: one per output row."""

@@ -37,16 +37,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 
 from seen.adapters import AudioLM, Message, ModelBatch
 from seen.bundle import NoiseBundle
-from seen.policy import AUTO_PROFILE, NoisePolicy
+from seen.policy import NoisePolicy
 from service.engine.backend import GenerateJob, GenerateOutcome, Timing
 from service.engine.streaming import IncrementalDecoder
-from service.engine.transformers_backend import ModelBackend, _silent_clips
+from service.engine.transformers_backend import ModelBackend
 
 VLLM_ARCHITECTURES = ("Qwen2AudioForConditionalGeneration",)
 """Architectures whose language model vLLM serves from our audio embeddings (tested: tests/test_vllm_engine.py).
@@ -146,11 +147,6 @@ class VllmBackend(ModelBackend):
 
     # -- generate -----------------------------------------------------------------------------------
 
-    def _needs_score_pass(self, jobs: Sequence[GenerateJob]) -> bool:
-        if any(job.control.adaptive or job.control.profile == AUTO_PROFILE for job in jobs):
-            return True
-        return self.see_method == "exact" and any(job.control.applied_strength > 0 for job in jobs)
-
     def _prompt_ids(self, batch: ModelBatch, row: int) -> list[int]:
         """A row's prompt as vLLM takes it: padding removed, each clip's run of audio tokens one token again."""
         ids = batch.inputs["input_ids"][row][batch.inputs["attention_mask"][row].bool()].tolist()
@@ -161,25 +157,25 @@ class VllmBackend(ModelBackend):
         clips, rows = self._flatten(jobs)
         conversations: list[Sequence[Message]] = [job.conversation for job in jobs]
         batch = self.model.chat_batch(conversations, clips)
-        exact, encoder_seconds = self._score_pass(batch) if clips and self._needs_score_pass(jobs) else (None, 0.0)
-        profiles, strengths = [], []
-        for job, job_rows in zip(jobs, rows, strict=True):
-            see = exact.see[job_rows].mean(dim=0) if exact is not None and job_rows else None
-            profile = self.policy.profile_index(job.control, see) if job_rows else 0
-            profiles.append(profile)
-            strengths.append(self.policy.strength(job.control, profile, None if see is None else float(see[profile])))
-        clip_profile = torch.tensor([profiles[j] for j, job_rows in enumerate(rows) for _ in job_rows])
-        clip_strength = torch.tensor([strengths[j] for j, job_rows in enumerate(rows) for _ in job_rows])
+        exact_see = self._exact_see(jobs) if clips else None
+        exact, encoder_seconds = self._score_pass(batch) if exact_see == "before" else (None, 0.0)
+        controls = self._controls(jobs, rows, exact)
 
         embeddings: list[torch.Tensor] = []
         readout = None
         if clips:
-            with (
-                self.clock.measuring() as encoder,
-                self.model.neutralizing(batch, clip_strength, clip_profile) as readout,
-            ):
+            with ExitStack() as stack:
+                calls = stack.enter_context(self.model.recording_critical_layers()) if exact_see == "replay" else None
+                encoder = stack.enter_context(self.clock.measuring())
+                readout = stack.enter_context(
+                    self.model.neutralizing(batch, controls.clip_strength, controls.clip_profile)
+                )
                 embeddings = [rows_.cpu() for rows_ in self.model.lm.audio_embeddings(batch)]
             encoder_seconds += encoder.seconds
+            if calls is not None:
+                replay_started = time.perf_counter()
+                exact = self.model.replay(batch, calls)
+                encoder_seconds += time.perf_counter() - replay_started
         inline = readout.report() if readout is not None else None
 
         requests = []
@@ -198,18 +194,7 @@ class VllmBackend(ModelBackend):
             text, finish, count = self._finish(tokens[index], job.sampling.max_tokens, job.sampling.stop)
             if job.cancelled.is_set():
                 finish = "cancelled"
-            noise = None
-            if rows[index] and inline is not None:
-                noise = self.policy.assess(
-                    exact or inline,
-                    inline,
-                    rows[index],
-                    profile=profiles[index],
-                    control=job.control,
-                    strength=strengths[index],
-                    method="exact" if exact is not None or strengths[index] == 0 else "inline",
-                    silent_clips=_silent_clips(job),
-                )
+            noise = self._report(job, rows[index], controls, index, exact, inline)
             outcomes.append(GenerateOutcome(text, finish, int(prompt_tokens[index]), count, noise, timing))
         return outcomes
 
