@@ -55,11 +55,17 @@ def register(commands: Any) -> None:
         "--noise", required=True, action="append", type=_noise_source, metavar="NAME=DIR", help="a noise profile"
     )
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    parser.add_argument("--alpha", type=float, default=0.95, help="energy share of kept directions (default 0.95)")
-    parser.add_argument("--delta", type=float, default=0.1, help="cosine threshold (default 0.1)")
-    parser.add_argument("--delta-mode", choices=("absolute", "chance"), default="absolute")
+    # Defaults: the recipe the SEEN study found the best noise detector on real Whisper (docs/calibration.md);
+    # the paper's literal recipe is --delta 0.1 --delta-mode absolute --max-directions 0 (no cap).
+    parser.add_argument("--alpha", type=float, default=0.95, help="energy share of kept directions")
+    parser.add_argument("--delta", type=float, default=14.0, help="threshold on a direction's |cosine| with speech")
+    parser.add_argument(
+        "--delta-mode", choices=("absolute", "chance"), default="chance", help="chance: delta in units of 1/sqrt(D)"
+    )
     parser.add_argument("--center", choices=("none", "clean_mean", "per_set"), default="none")
-    parser.add_argument("--max-directions", type=int, default=None, help="cap on directions per layer")
+    parser.add_argument(
+        "--max-directions", type=int, default=4, help="cap on directions per layer and profile (0: no cap)"
+    )
     parser.add_argument(
         "--method",
         choices=("svd", "contrastive", "paired"),
@@ -108,7 +114,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             delta=args.delta,
             delta_mode=args.delta_mode,
             center=args.center,
-            max_directions=args.max_directions,
+            max_directions=args.max_directions or None,
             method=args.method,
             paired_snr_db=args.paired_snr,
         ),

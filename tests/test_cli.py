@@ -63,7 +63,8 @@ def test_calibrate_then_score_as_json(workspace: dict[str, Path], capsys: pytest
 
 
 def test_paper_recipe_warns_loudly_about_empty_bases(workspace: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
-    assert _calibrate(workspace, workspace["root"] / "literal") == 0
+    paper = ["--delta", "0.1", "--delta-mode", "absolute", "--max-directions", "0"]
+    assert _calibrate(workspace, workspace["root"] / "literal", *paper) == 0
     output = capsys.readouterr().out
     assert "EVERY basis is empty" in output or "no noise direction" in output
 
