@@ -253,20 +253,25 @@ async def run(args: argparse.Namespace) -> None:
         return
     with server(args.model, args.bundle, *common, "--seen-enabled") as url:
         await load(url, "/v1/chat/completions", on, args.requests)
-        print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method exact):")
         variants: dict[str, Variant] = {
             "on": (url, "/v1/chat/completions", on),
             "off": (url, "/v1/chat/completions", off),
             "see": (url, "/v1/see", on),
         }
-        times = await compare(variants, args.rounds)
-        print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
-        print("  " + ratio_line("/v1/see / chat (SEEN on)", times["see"], times["on"]))
+        await side_by_side(variants, args.rounds, "/v1/see / chat (SEEN on)")
     with server(args.model, args.bundle, *common, "--seen-enabled", "--see-method", "inline") as url:
         print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method inline):")
         inline = {name: (url, path, body) for name, (_, path, body) in variants.items() if name != "see"}
         times = await compare(inline, args.rounds)
         print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
+
+
+async def side_by_side(variants: dict[str, Variant], rounds: int, see_label: str) -> None:
+    """SEEN on / off and /v1/see / SEEN on, interleaved at concurrency 1 with the default (exact) SEE method."""
+    print(f"\nside by side at concurrency 1, {rounds} interleaved rounds (SEE method exact):")
+    times = await compare(variants, rounds)
+    print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
+    print("  " + ratio_line(see_label, times["see"], times["on"]))
 
 
 async def run_transcriptions(args: argparse.Namespace, wav: bytes, see_body: dict[str, Any], common: list[str]) -> None:
@@ -277,15 +282,12 @@ async def run_transcriptions(args: argparse.Namespace, wav: bytes, see_body: dic
         server(args.model, args.bundle, *common, "--no-seen-enabled") as off_url,
     ):
         await load(on_url, "/v1/audio/transcriptions", body, args.requests)
-        print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method exact):")
         variants: dict[str, Variant] = {
             "on": (on_url, "/v1/audio/transcriptions", body),
             "off": (off_url, "/v1/audio/transcriptions", body),
             "see": (on_url, "/v1/see", see_body),
         }
-        times = await compare(variants, args.rounds)
-        print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
-        print("  " + ratio_line("/v1/see / transcription (SEEN on; target <= 0.25)", times["see"], times["on"]))
+        await side_by_side(variants, args.rounds, "/v1/see / transcription (SEEN on; target <= 0.25)")
 
 
 if __name__ == "__main__":
