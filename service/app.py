@@ -65,7 +65,14 @@ def _backend(state: ServiceState, lm: AudioLM) -> Backend:
     """The backend ``settings.engine`` names (vLLM, an optional extra, is imported only when chosen)."""
     settings = state.settings
     if settings.engine == "vllm":
-        return VllmBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)
+        return VllmBackend(
+            lm,
+            state.bundle,
+            state.policy,
+            model_name=state.model_name,
+            see_method=settings.see_method,
+            max_num_seqs=settings.max_running_requests,
+        )
     return ModelBackend(lm, state.bundle, state.policy, model_name=state.model_name, see_method=settings.see_method)
 
 
@@ -84,6 +91,7 @@ async def load_model(state: ServiceState) -> None:
         max_batch_size=settings.max_batch_size,
         batch_wait_seconds=settings.batch_wait_seconds,
         max_queue_size=settings.max_queue_size,
+        max_running=settings.max_running_requests if settings.engine == "vllm" else None,
     )
     engine.start()
     state.capabilities = backend.capabilities

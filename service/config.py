@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     """Most requests run together in one forward/generate."""
     batch_wait_seconds: float = Field(0.005, ge=0.0, le=1.0)
     """How long the first request of a batch waits for others to join it."""
+    max_running_requests: int = Field(64, ge=1, le=1024)
+    """Generate requests the ``vllm`` engine runs at once (vLLM's ``max_num_seqs``; later batches join running ones
+    at its next step); more wait in the queue. The transformers engine runs one batch at a time."""
     max_queue_size: int = Field(64, ge=1)
     """Requests that may wait for the device; beyond it requests get 503 with ``Retry-After``."""
     request_timeout_seconds: float = Field(120.0, gt=0.0)

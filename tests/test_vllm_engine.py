@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -161,6 +162,23 @@ def test_a_cancelled_request_is_aborted_and_the_engine_goes_on(backends: tuple[M
     [after] = served.generate([GenerateJob(ASK, [clip], control(), sampling=greedy(5))])
     [want] = reference.generate([GenerateJob(ASK, [clip], control(), sampling=greedy(5))])
     assert_same(want, after)
+
+
+def test_a_later_batch_joins_the_running_one(backends: tuple[ModelBackend, VllmBackend]) -> None:
+    """Continuous batching: a short request handed over while a long one runs finishes first, with its own answer."""
+    reference, served = backends
+    clip = speechlike(1.3, 0)
+    started = threading.Event()
+    long = GenerateJob(ASK, [clip], control(), sampling=Sampling(max_tokens=400, temperature=1.0, seed=3))
+    long.sink = lambda _delta: started.set()
+    [long_answer] = served.start_generate([long])
+    assert started.wait(60)
+    [short_answer] = served.start_generate([GenerateJob(ASK, [clip], control(), sampling=greedy(4))])
+    short = short_answer.result(timeout=60)
+    assert not long_answer.done()  # the short one did not wait for the long one's end
+    [want] = reference.generate([GenerateJob(ASK, [clip], control(), sampling=greedy(4))])
+    assert_same(want, short)
+    assert long_answer.result(timeout=120).completion_tokens > short.completion_tokens
 
 
 @pytest.mark.parametrize(

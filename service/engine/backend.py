@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -106,8 +107,8 @@ class Capabilities:
 class Backend(Protocol):
     """The device work behind the engine: a batch in, one outcome per job out, in order.
 
-    Implemented by :class:`service.engine.transformers_backend.ModelBackend` (transformers ``generate``); a
-    second engine implements the same four members. Streaming jobs get their text deltas through ``job.sink``.
+    Implemented by :class:`service.engine.transformers_backend.ModelBackend` (transformers ``generate``) and
+    :class:`service.engine.vllm_backend.VllmBackend`. Streaming jobs get their text deltas through ``job.sink``.
     """
 
     @property
@@ -121,3 +122,11 @@ class Backend(Protocol):
     def score(self, jobs: Sequence[ScoreJob]) -> list[ScoreOutcome]: ...
 
     def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]: ...
+
+    def start_generate(self, jobs: Sequence[GenerateJob]) -> list[Future[GenerateOutcome]]:
+        """Do the batch's device-thread work and return one future per job, done when its answer is.
+
+        The engine calls this on its device thread and takes the next batch as soon as it returns: a backend
+        that finishes requests elsewhere (vLLM's loop) lets later batches join the running ones.
+        """
+        ...

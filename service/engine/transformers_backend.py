@@ -8,7 +8,8 @@ Only this module touches the model, and only from the engine's single device thr
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,8 @@ class ModelBackend:
         self._stack.enter_context(self.clock.installed())
         self._end_ids = self.model.end_token_ids()
         self._pad_id = self.model.pad_token_id()
+        self._decode: Callable[[Sequence[int]], str] = self.model.decode
+        """Token ids to answer text; a backend that finishes answers on another thread gives it its own tokenizer."""
 
     @property
     def model_name(self) -> str:
@@ -154,6 +157,15 @@ class ModelBackend:
         if self.see_method != "exact" or not any(job.control.applied_strength > 0 for job in jobs):
             return None
         return "replay" if self.model.replays_critical_layers else "before"
+
+    def start_generate(self, jobs: Sequence[GenerateJob]) -> list[Future[GenerateOutcome]]:
+        """The whole generation, on the calling thread: the futures are done when this returns."""
+        futures = []
+        for outcome in self.generate(jobs):
+            future: Future[GenerateOutcome] = Future()
+            future.set_result(outcome)
+            futures.append(future)
+        return futures
 
     @torch.inference_mode()
     def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]:
@@ -272,7 +284,7 @@ class ModelBackend:
             kept = row[:limit]
             count = len(kept)
             finish = "length" if count >= limit else "stop"
-        text = self.model.decode(kept)
+        text = self._decode(kept)
         cuts = [position for position in (text.find(s) for s in stop) if position >= 0]
         if cuts:
             text, finish = text[: min(cuts)], "stop"

@@ -1,53 +1,57 @@
 """The vLLM backend: the audio half in transformers under the SEEN patch, the language model in vLLM.
 
-Per batch, on the engine's device thread:
+Per batch, on the engine's device thread (:meth:`VllmBackend.start_generate`):
 
 1. the jobs' prompts and clips become one transformers batch (the adapter's own chat template, escaping and
    feature extraction, exactly as the transformers backend builds it);
-2. when the report needs the paper's SEE (``exact``, or lambda/profile depend on it), a score-only encoder
-   pass runs first; each clip gets its lambda and profile (the same :class:`NoisePolicy` rules);
+2. when the report needs the paper's SEE (``exact``, or lambda/profile depend on it), the critical layers are
+   replayed unedited (or a score-only pass runs first); each clip gets its lambda and profile (the same
+   :class:`NoisePolicy` rules), and each job its noise report;
 3. the audio tower and projector run once for the whole batch inside ``PatchedModel.neutralizing``
-   (:meth:`AudioLM.audio_embeddings`): the rows the language model reads, already neutralized per clip, and
-   the inline SEE/residual of that pass;
+   (:meth:`AudioLM.audio_embeddings`): the rows the language model reads, already neutralized per clip;
 4. each job goes to vLLM as its own request: the prompt's token ids with one ``<|AUDIO|>`` per clip (vLLM
-   expands it to the clip's rows) and the clip rows as precomputed audio embeddings; vLLM's scheduler
-   batches the requests, each with its own ``max_tokens``, stop strings, seed;
-5. the backend steps vLLM's engine until every request of the batch has finished, streaming each job's
-   new text to its sink and aborting a job's request as soon as ``job.cancelled`` is set.
+   expands it to the clip's rows) and the clip rows as precomputed audio embeddings.
+
+The device thread is then free for the next batch. One backend thread owns vLLM's engine for its whole life
+(its client talks to the engine-core process over ZMQ sockets, which must not be shared between threads):
+it adds arriving requests, steps the engine, streams each job's new text to its sink, aborts a job's request
+as soon as ``job.cancelled`` is set, and completes the job's future when vLLM finishes it. Requests of later
+batches join the running ones at the next step: continuous batching, each request with its own
+``max_tokens``, stop strings and seed, in vLLM's paged KV cache.
 
 vLLM is built with ``limit_mm_per_prompt={"audio": 0}`` and ``enable_mm_embeds=True``: it never builds or
 loads its own audio tower, only the language model; the transformers side releases its language model and
 LM head (moved to the meta device) once the patch is built, so the language model's weights are held once
 (at load time both are briefly present: transformers loads the whole checkpoint before releasing them).
-
-Trade-off: ``generate(jobs)`` is synchronous, like the transformers backend's. vLLM batches the requests of
-one micro-batch (different lengths and limits, paged KV cache), but a micro-batch runs to its end before the
-engine hands over the next one, so a request arriving meanwhile waits for the longest answer of the running
-batch instead of joining it at the next step (continuous batching across micro-batches). That would need
-the engine to submit jobs to a long-running vLLM loop (``AsyncLLM``) instead of calling ``generate`` per
-batch; the backend protocol allows it (outcomes are per job) but the engine's loop does not yet.
-
-Every vLLM call runs on one thread owned by the backend (its engine client talks to the engine-core process
-over ZMQ sockets, which must not be shared between threads).
+Prefix caching stays correct under per-request lambdas because vLLM keys cached blocks on the embeddings
+passed in (their hash), not on the placeholder tokens: a clip neutralized with another lambda is another key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
+import logging
+import queue
+import threading
 import time
-import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from seen.adapters import AudioLM, Message, ModelBatch
 from seen.bundle import NoiseBundle
-from seen.policy import NoisePolicy
+from seen.policy import NoiseAssessment, NoisePolicy
 from service.engine.backend import GenerateJob, GenerateOutcome, Timing
 from service.engine.streaming import IncrementalDecoder
 from service.engine.transformers_backend import ModelBackend
+
+logger = logging.getLogger(__name__)
 
 VLLM_ARCHITECTURES = ("Qwen2AudioForConditionalGeneration",)
 """Architectures whose language model vLLM serves from our audio embeddings (tested: tests/test_vllm_engine.py).
@@ -89,11 +93,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@dataclass
+class _Request:
+    """A job handed to vLLM's loop: what it needs to run, and what its answer carries besides the text."""
+
+    job: GenerateJob
+    prompt: dict[str, Any]
+    report: NoiseAssessment | None
+    prompt_tokens: int
+    encoder_seconds: float
+    batch_size: int
+    decoder: IncrementalDecoder
+    future: Future[GenerateOutcome] = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+    tokens: list[int] = field(default_factory=list)
+
+
 class VllmBackend(ModelBackend):
     """Audio tower and projector patched with the bundle (transformers); the language model in vLLM.
 
-    ``score`` is the transformers backend's (the encoder alone); ``generate`` hands the neutralized audio rows
-    to vLLM. ``engine_options`` go to ``vllm.EngineArgs`` (e.g. ``max_num_seqs``, ``enable_prefix_caching``).
+    ``score`` is the transformers backend's (the encoder alone); ``start_generate`` hands the neutralized audio
+    rows to vLLM's loop. ``engine_options`` go to ``vllm.EngineArgs`` (e.g. ``max_num_seqs``).
     """
 
     def __init__(
@@ -112,7 +132,8 @@ class VllmBackend(ModelBackend):
         super().__init__(lm, bundle, policy, model_name=model_name, see_method=see_method)
         self._release_language_model()
         self._audio_token = lm.audio_token_id
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seen-vllm")
+        tokenizer = copy.deepcopy(lm.tokenizer)  # the loop thread's own: the device thread tokenizes meanwhile
+        self._decode = lambda ids: str(tokenizer.decode(list(ids), skip_special_tokens=True))
         options = {
             "model": lm.source,
             "served_model_name": model_name,  # vLLM's metrics carry it as model_name, as the service's do
@@ -124,13 +145,11 @@ class VllmBackend(ModelBackend):
             "seed": 0,
             **engine_options,
         }
-        self._engine: Any = self._thread.submit(self._start, vllm, options).result()
-
-    @staticmethod
-    def _start(vllm: Any, options: dict[str, Any]) -> Any:
-        from vllm.v1.engine.llm_engine import LLMEngine
-
-        return LLMEngine.from_engine_args(vllm.EngineArgs(**options))
+        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        started: Future[Any] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(vllm, options, started), name="seen-vllm")
+        self._thread.start()
+        self._engine: Any = started.result()
 
     def _release_language_model(self) -> None:
         """Free the transformers language model and LM head: vLLM holds the language model."""
@@ -140,20 +159,22 @@ class VllmBackend(ModelBackend):
 
     def close(self) -> None:
         super().close()
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            self._thread.submit(_shutdown, engine).result()
-        self._thread.shutdown(wait=True)
+        if self._thread.is_alive():
+            self._inbox.put(None)
+            self._thread.join()
 
-    # -- generate -----------------------------------------------------------------------------------
+    # -- the device thread's half -------------------------------------------------------------------
 
     def _prompt_ids(self, batch: ModelBatch, row: int) -> list[int]:
         """A row's prompt as vLLM takes it: padding removed, each clip's run of audio tokens one token again."""
         ids = batch.inputs["input_ids"][row][batch.inputs["attention_mask"][row].bool()].tolist()
         return [t for i, t in enumerate(ids) if t != self._audio_token or i == 0 or ids[i - 1] != self._audio_token]
 
-    @torch.inference_mode()
     def generate(self, jobs: Sequence[GenerateJob]) -> list[GenerateOutcome]:
+        return [future.result() for future in self.start_generate(jobs)]
+
+    @torch.inference_mode()
+    def start_generate(self, jobs: Sequence[GenerateJob]) -> list[Future[GenerateOutcome]]:
         clips, rows = self._flatten(jobs)
         conversations: list[Sequence[Message]] = [job.conversation for job in jobs]
         batch = self.model.chat_batch(conversations, clips)
@@ -178,25 +199,102 @@ class VllmBackend(ModelBackend):
                 encoder_seconds += time.perf_counter() - replay_started
         inline = readout.report() if readout is not None else None
 
+        prompt_tokens = self.model.prompt_tokens(batch)
         requests = []
-        for index in range(len(jobs)):
+        for index, job in enumerate(jobs):
             prompt: dict[str, Any] = {"prompt_token_ids": self._prompt_ids(batch, index)}
             if rows[index]:
                 prompt["multi_modal_data"] = {"audio": [embeddings[clip] for clip in rows[index]]}
-            requests.append(prompt)
-        start = time.perf_counter()
-        tokens = self._thread.submit(self._run, jobs, requests).result()
-        timing = Timing(encoder_seconds, time.perf_counter() - start, len(jobs))
+            report = self._report(job, rows[index], controls, index, exact, inline)
+            decoder = IncrementalDecoder(self._decode)
+            requests.append(
+                _Request(job, prompt, report, int(prompt_tokens[index]), encoder_seconds, len(jobs), decoder)
+            )
+        for request in requests:
+            self._inbox.put(request)
+        return [request.future for request in requests]
 
-        outcomes = []
-        prompt_tokens = self.model.prompt_tokens(batch)
-        for index, job in enumerate(jobs):
-            text, finish, count = self._finish(tokens[index], job.sampling.max_tokens, job.sampling.stop)
-            if job.cancelled.is_set():
-                finish = "cancelled"
-            noise = self._report(job, rows[index], controls, index, exact, inline)
-            outcomes.append(GenerateOutcome(text, finish, int(prompt_tokens[index]), count, noise, timing))
-        return outcomes
+    # -- vLLM's loop (its own thread) ------------------------------------------------------------------
+
+    def _serve(self, vllm: Any, options: dict[str, Any], started: Future[Any]) -> None:
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        try:
+            engine = LLMEngine.from_engine_args(vllm.EngineArgs(**options))
+        except BaseException as error:
+            started.set_exception(error)
+            return
+        started.set_result(engine)
+        try:
+            self._loop(engine)
+        finally:
+            _shutdown(engine)
+
+    def _loop(self, engine: Any) -> None:
+        """Add arrivals, abort the cancelled, step; block only when nothing runs. Ends at the ``None`` sentinel."""
+        running: dict[str, _Request] = {}
+        ids = itertools.count()
+        while True:
+            arrivals: list[_Request | None] = [self._inbox.get()] if not running else []
+            while not self._inbox.empty():
+                arrivals.append(self._inbox.get_nowait())
+            for request in arrivals:
+                if request is None:
+                    self._fail(engine, running, RuntimeError("the vllm engine was closed"))
+                    return
+                if request.job.cancelled.is_set():
+                    self._complete(request)
+                    continue
+                request_id = f"seen-{next(ids)}"
+                try:
+                    engine.add_request(request_id, request.prompt, self._sampling_params(request.job))
+                except Exception as error:  # e.g. vLLM's own validation: this request fails, not the loop
+                    request.future.set_exception(error)
+                    continue
+                running[request_id] = request
+            cancelled = [request_id for request_id, request in running.items() if request.job.cancelled.is_set()]
+            if cancelled:
+                engine.abort_request(cancelled)
+                for request_id in cancelled:
+                    self._complete(running.pop(request_id))
+            if not running:
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as error:  # fail what ran, keep serving
+                logger.exception("a vLLM step failed with %d requests running", len(running))
+                self._fail(engine, running, error)
+                continue
+            for output in outputs:
+                request = running.get(output.request_id)
+                if request is None:
+                    continue
+                tokens = list(output.outputs[0].token_ids)
+                self._stream(request, tokens[len(request.tokens) :])
+                request.tokens = tokens
+                if output.finished:
+                    self._complete(running.pop(output.request_id))
+
+    def _fail(self, engine: Any, running: dict[str, _Request], error: BaseException) -> None:
+        if running:
+            with contextlib.suppress(Exception):
+                engine.abort_request(list(running))
+        for request in running.values():
+            request.future.set_exception(error)
+        running.clear()
+
+    def _complete(self, request: _Request) -> None:
+        job = request.job
+        try:
+            text, finish, count = self._finish(request.tokens, job.sampling.max_tokens, job.sampling.stop)
+        except Exception as error:
+            request.future.set_exception(error)
+            return
+        if job.cancelled.is_set():
+            finish = "cancelled"
+        timing = Timing(request.encoder_seconds, time.perf_counter() - request.submitted, request.batch_size)
+        outcome = GenerateOutcome(text, finish, request.prompt_tokens, count, request.report, timing)
+        request.future.set_result(outcome)
 
     def _sampling_params(self, job: GenerateJob) -> Any:
         from vllm import SamplingParams
@@ -213,43 +311,9 @@ class VllmBackend(ModelBackend):
             skip_special_tokens=True,
         )
 
-    def _run(self, jobs: Sequence[GenerateJob], requests: Sequence[dict[str, Any]]) -> list[list[int]]:
-        """Every job's generated token ids (on the vLLM thread): step until all finished or were aborted."""
-        engine = self._engine
-        batch_id = uuid.uuid4().hex[:12]
-        pending: dict[str, int] = {}
-        tokens: list[list[int]] = [[] for _ in jobs]
-        decoders = [IncrementalDecoder(self.model.decode) for _ in jobs]
-        try:
-            for index, (job, prompt) in enumerate(zip(jobs, requests, strict=True)):
-                if job.cancelled.is_set():
-                    continue
-                request_id = f"seen-{batch_id}-{index}"
-                engine.add_request(request_id, prompt, self._sampling_params(job))
-                pending[request_id] = index
-            while pending:
-                cancelled = [request_id for request_id, index in pending.items() if jobs[index].cancelled.is_set()]
-                if cancelled:
-                    engine.abort_request(cancelled)
-                    for request_id in cancelled:
-                        del pending[request_id]
-                    continue
-                for output in engine.step():
-                    row = pending.get(output.request_id)
-                    if row is None:
-                        continue
-                    ids = list(output.outputs[0].token_ids)
-                    self._stream(jobs[row], decoders[row], ids[len(tokens[row]) :])
-                    tokens[row] = ids
-                    if output.finished:
-                        del pending[output.request_id]
-        finally:
-            if pending:  # a failure mid-batch: leave nothing running in the engine
-                engine.abort_request(list(pending))
-        return tokens
-
-    def _stream(self, job: GenerateJob, decoder: IncrementalDecoder, new: Sequence[int]) -> None:
-        if job.sink is None:
+    def _stream(self, request: _Request, new: Sequence[int]) -> None:
+        sink = request.job.sink
+        if sink is None:
             return
         kept = []
         for token in new:
@@ -257,9 +321,9 @@ class VllmBackend(ModelBackend):
                 break
             kept.append(int(token))
         if kept:
-            delta = decoder.push(kept)
+            delta = request.decoder.push(kept)
             if delta:
-                job.sink(delta)
+                sink(delta)
 
 
 def _shutdown(engine: Any) -> None:
