@@ -189,14 +189,15 @@ def ratio_line(label: str, numerator: list[float], denominator: list[float]) -> 
     )
 
 
-def tiny_model(folder: Path) -> tuple[str, str]:
+def tiny_model(folder: Path, **build_options: Any) -> tuple[str, str]:
+    """The tests' offline Qwen2-Audio (``build_options`` size it) and a bundle calibrated on synthetic clips."""
     from calibration.pipeline import CalibrationConfig, ClipSet, calibrate
     from seen.adapters import load_audio_lm
     from seen.basis import BasisOptions
     from tests.conftest import speechlike
     from tests.tiny_models import build_qwen2_audio
 
-    model = build_qwen2_audio(folder / "model")
+    model = build_qwen2_audio(folder / "model", **build_options)
     lm = load_audio_lm(str(model))
     clean = ClipSet("clean", [speechlike(2.0 + 0.1 * i, seed=i) for i in range(10)], "synthetic:speech")
     noise = ClipSet("babble", [0.1 * generate_noise("babble", 32000, 16000, seed=i) for i in range(10)], "babble")

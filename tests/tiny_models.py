@@ -177,7 +177,15 @@ QWEN2_AUDIO_SPECIAL_TOKENS = SPECIAL_TOKENS
 QWEN2_AUDIO_CHAT_TEMPLATE = qwen2_audio_chat_template("You are a helpful assistant.")
 
 
-def build_qwen2_audio(folder: Path, *, seed: int = 0, window_seconds: int = 5, head_dim: int = 16) -> Path:
+def build_qwen2_audio(
+    folder: Path,
+    *,
+    seed: int = 0,
+    window_seconds: int = 5,
+    head_dim: int = 16,
+    text_layers: int = 2,
+    text_heads: int = 2,
+) -> Path:
     """Write a tiny ``Qwen2AudioForConditionalGeneration`` with its ``Qwen2AudioProcessor`` to ``folder``.
 
     Audio encoder: 2 layers, d_model 32, FFN 64, 128 mel bins, by default a 5 s window (``max_source_positions=250``,
@@ -192,8 +200,10 @@ def build_qwen2_audio(folder: Path, *, seed: int = 0, window_seconds: int = 5, h
         seed: Seed for the random weights.
         window_seconds: The audio window (feature extractor ``chunk_length``; ``max_source_positions`` follows).
             vLLM's Qwen2-Audio needs the real 30 s (3000 mel frames).
-        head_dim: The text model's attention head size (2 heads, so hidden ``2 * head_dim``, FFN twice that).
+        head_dim: The text model's attention head size (hidden ``text_heads * head_dim``, FFN twice that).
             vLLM's CPU attention takes 32, 64 or 128, not the default 16.
+        text_layers: The text model's layers (larger for benchmarks whose language model must dominate).
+        text_heads: The text model's attention heads (a quarter of them, at least one, for keys and values).
 
     Returns:
         ``folder`` as a ``Path``.
@@ -233,11 +243,11 @@ def build_qwen2_audio(folder: Path, *, seed: int = 0, window_seconds: int = 5, h
         ),
         text_config=Qwen2Config(
             vocab_size=272,
-            hidden_size=2 * head_dim,
-            intermediate_size=4 * head_dim,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
+            hidden_size=text_heads * head_dim,
+            intermediate_size=2 * text_heads * head_dim,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            num_key_value_heads=max(1, text_heads // 4),
             max_position_embeddings=4096,
             bos_token_id=None,
             eos_token_id=stop,
