@@ -144,11 +144,21 @@ async def _device_seconds(client: httpx.AsyncClient, url: str) -> tuple[float, f
     return sums["seen_encoder_duration_seconds_sum"], sums["seen_generation_duration_seconds_sum"]
 
 
-async def compare(variants: dict[str, Variant], rounds: int) -> dict[str, list[float]]:
-    """Latency of each variant, interleaved request by request; checks equal completion lengths and prints
-    where each variant's time went (device encoder, device decoding, the rest)."""
+@dataclasses.dataclass
+class Compared:
+    """Each variant's latencies, and its mean time per request split into device encoder and decoding (seconds)."""
+
+    times: dict[str, list[float]]
+    encoder: dict[str, float]
+    decoding: dict[str, float]
+
+
+async def compare(variants: dict[str, Variant], rounds: int) -> Compared:
+    """Latency of each variant, interleaved request by request; checks equal answers (completion lengths, or
+    transcripts) and prints where each variant's time went (device encoder, device decoding, the rest)."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, set[int]] = {name: set() for name in variants}
+    texts: dict[str, set[str]] = {name: set() for name in variants}
     device: dict[str, list[float]] = {name: [0.0, 0.0] for name in variants}
     async with httpx.AsyncClient(timeout=600) as client:
         for url, path, body in variants.values():
@@ -165,9 +175,14 @@ async def compare(variants: dict[str, Variant], rounds: int) -> dict[str, list[f
                 device[name][1] += after[1] - before[1]
                 if "usage" in answer:
                     tokens[name].add(answer["usage"]["completion_tokens"])
+                elif "text" in answer:
+                    texts[name].add(answer["text"])
     lengths = {name: sorted(values) for name, values in tokens.items() if values}
     if len({tuple(values) for values in lengths.values()}) > 1:
         print(f"  warning: completion lengths differ between variants: {lengths}")
+    transcripts = {name: values for name, values in texts.items() if values}
+    if len({frozenset(values) for values in transcripts.values()}) > 1:
+        print(f"  warning: transcripts differ between variants: {transcripts}")
     for name in variants:
         total = sum(times[name]) / rounds * 1000
         encoder, decoding = (value / rounds * 1000 for value in device[name])
@@ -176,7 +191,11 @@ async def compare(variants: dict[str, Variant], rounds: int) -> dict[str, list[f
             f"  {name:>5}: {total:8.1f} ms = encoder {encoder:7.1f} + decoding {decoding:7.1f}"
             f" + rest {rest:7.1f} (mean)"
         )
-    return times
+    return Compared(
+        times,
+        {name: device[name][0] / rounds for name in variants},
+        {name: device[name][1] / rounds for name in variants},
+    )
 
 
 def ratio_line(label: str, numerator: list[float], denominator: list[float]) -> str:
@@ -213,6 +232,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="build and use the tiny offline test model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seconds", type=float, default=2.0, help="clip length (default 2 s)")
+    parser.add_argument("--clip", help="an audio file to send instead of the synthetic clip (e.g. real speech)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds per ratio")
@@ -237,9 +257,14 @@ async def run(args: argparse.Namespace) -> None:
     from tests.conftest import speechlike
 
     rate = 16000
-    clip = speechlike(args.seconds, seed=1, rate=rate) + 0.02 * generate_noise(
-        "babble", int(args.seconds * rate), rate, 1
-    )
+    if args.clip:  # real audio, decoded the service's way, so that answers mean something
+        from seen.audio import decode_audio
+
+        clip = decode_audio(Path(args.clip).read_bytes(), rate, format=Path(args.clip).suffix)
+        args.seconds = len(clip) / rate
+    else:
+        noise = generate_noise("babble", int(args.seconds * rate), rate, 1)
+        clip = speechlike(args.seconds, seed=1, rate=rate) + 0.02 * noise
     buffer = io.BytesIO()
     sf.write(buffer, clip, rate, format="WAV")
     clip_b64 = base64.b64encode(buffer.getvalue()).decode()
@@ -259,19 +284,37 @@ async def run(args: argparse.Namespace) -> None:
             "off": (url, "/v1/chat/completions", off),
             "see": (url, "/v1/see", on),
         }
-        await side_by_side(variants, args.rounds, "/v1/see / chat (SEEN on)")
+        await side_by_side(variants, args.rounds, "/v1/see / chat (SEEN on)", critical_share(args.model, args.bundle))
     with server(args.model, args.bundle, *common, "--seen-enabled", "--see-method", "inline") as url:
         print(f"\nside by side at concurrency 1, {args.rounds} interleaved rounds (SEE method inline):")
         inline = {name: (url, path, body) for name, (_, path, body) in variants.items() if name != "see"}
-        times = await compare(inline, args.rounds)
+        times = (await compare(inline, args.rounds)).times
         print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
 
 
-async def side_by_side(variants: dict[str, Variant], rounds: int, see_label: str) -> None:
-    """SEEN on / off and /v1/see / SEEN on, interleaved at concurrency 1 with the default (exact) SEE method."""
+def critical_share(model: str, bundle: str) -> tuple[int, int]:
+    """Encoder layers the exact-SEE replay runs (the bundle's first critical layer to its last) and all of them."""
+    import json
+
+    layers = json.loads((Path(bundle) / "manifest.json").read_text())["site"]["layers"]
+    config = json.loads((Path(model) / "config.json").read_text())
+    encoder = config.get("audio_config", config)
+    return layers[-1] - layers[0] + 1, int(encoder["encoder_layers"])
+
+
+async def side_by_side(variants: dict[str, Variant], rounds: int, see_label: str, replayed: tuple[int, int]) -> None:
+    """SEEN on / off and /v1/see / SEEN on, interleaved at concurrency 1 with the default (exact) SEE method.
+
+    Beside SEEN on / off goes its bound: 1 + the replayed layers' share of the unedited request's encoder time
+    over that request's time + 0.02 (the replay's cost; the edit itself is in the 0.02)."""
     print(f"\nside by side at concurrency 1, {rounds} interleaved rounds (SEE method exact):")
-    times = await compare(variants, rounds)
+    compared = await compare(variants, rounds)
+    times = compared.times
     print("  " + ratio_line(f"SEEN on / off (target <= {TARGET_SEEN_RATIO})", times["on"], times["off"]))
+    share = replayed[0] / replayed[1]
+    bound = 1 + share * compared.encoder["off"] / statistics.mean(times["off"]) + 0.02
+    layers = f"{replayed[0]}/{replayed[1]}"
+    print(f"  bound for exact SEE: 1 + {layers} encoder layers' share of a request + 0.02 = {bound:.3f}")
     print("  " + ratio_line(see_label, times["see"], times["on"]))
 
 
@@ -288,7 +331,8 @@ async def run_transcriptions(args: argparse.Namespace, wav: bytes, see_body: dic
             "off": (off_url, "/v1/audio/transcriptions", body),
             "see": (on_url, "/v1/see", see_body),
         }
-        await side_by_side(variants, args.rounds, "/v1/see / transcription (SEEN on; target <= 0.25)")
+        label = "/v1/see / transcription (SEEN on; target <= 0.25)"
+        await side_by_side(variants, args.rounds, label, critical_share(args.model, args.bundle))
 
 
 if __name__ == "__main__":
