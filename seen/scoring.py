@@ -30,7 +30,10 @@ class PatchedModel:
         bundle.check_model(lm.identity())
         self.lm = lm
         self.bundle = bundle
-        self.patch = SeenPatch(lm.model, bundle.paths, bundle.bases_by_profile())
+        # Hook paths come from the adapter (the site and layers are the bundle's identity; its stored paths only
+        # record where they were when calibrated): module layouts move between transformers versions.
+        paths = [lm.site_path(bundle.site, layer) for layer in bundle.layers]
+        self.patch = SeenPatch(lm.model, paths, bundle.bases_by_profile())
 
     # -- what engines need from the model --------------------------------------------------------------
 

@@ -100,7 +100,7 @@ def test_explicit_layers_and_decoder_site(model_dirs: dict[str, Path]) -> None:
     config = CalibrationConfig(site=SiteKind.DECODER_HIDDEN, layers=[1], basis=RELAXED, batch_size=4)
     result = calibrate(lm, clean, [_noise_set("pink", 6)], config)
     assert result.bundle.layers == [1]
-    assert result.bundle.paths == ["model.language_model.layers.1"]
+    assert result.bundle.paths == [lm.site_path(SiteKind.DECODER_HIDDEN, 1)]
     assert result.bundle.calibration["layer_selection"] == "explicit"
     with pytest.raises(ValueError, match=r"subset of 0\.\.1"):
         calibrate(lm, clean, [_noise_set("pink", 6)], CalibrationConfig(layers=[7]))

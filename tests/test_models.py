@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -203,3 +205,15 @@ def test_replaying_the_critical_layers_gives_the_papers_see_of_an_edited_forward
     torch.testing.assert_close(replayed.per_layer, exact.per_layer, rtol=1e-5, atol=1e-6)
     inline = readout.report().per_layer
     assert (inline[:, 1] - exact.per_layer[:, 1]).abs().max() > 1e-5  # the edit reached the second layer
+
+
+@torch.inference_mode()
+def test_a_bundle_hooks_its_layers_wherever_this_transformers_keeps_them(any_lm: AudioLM) -> None:
+    """The site and layers are a bundle's identity; its stored paths are where they were at calibration (module
+    layouts moved between transformers versions), so a bundle written under another layout scores the same."""
+    model = _two_layer_model(any_lm, SiteKind.ENCODER_FFN)
+    moved = dataclasses.replace(model.bundle, paths=[f"elsewhere.{path}" for path in model.bundle.paths])
+    batch = model.chat_batch([[MESSAGE]] * 3, _clips())
+    torch.testing.assert_close(
+        PatchedModel(any_lm, moved).score_batch(batch).per_layer, model.score_batch(batch).per_layer
+    )

@@ -48,13 +48,16 @@ class Recorder:
     """Forward hooks on every audio FFN activation, the first decoder layer and the audio tower."""
 
     def __init__(self, model: Any) -> None:
-        tower = model.model.audio_tower
+        # Module layout of the transformers installed: towers inside the model (5.20 on) or beside it (before).
+        inner = model if hasattr(model, "audio_tower") else model.model
+        tower = inner.audio_tower
+        text_layers = model.model.layers if hasattr(model, "audio_tower") else model.model.language_model.layers
         self.activations: list[torch.Tensor] = []
         self.decoder_outputs: list[Any] = []
         self.tower_calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for layer in tower.layers:
             layer.activation_fn.register_forward_hook(lambda _m, _i, out: self.activations.append(out.detach()))
-        model.model.language_model.layers[0].register_forward_hook(lambda _m, _i, out: self.decoder_outputs.append(out))
+        text_layers[0].register_forward_hook(lambda _m, _i, out: self.decoder_outputs.append(out))
         tower.register_forward_pre_hook(
             lambda _m, args, kwargs: self.tower_calls.append((args, kwargs)), with_kwargs=True
         )

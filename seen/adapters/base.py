@@ -233,7 +233,10 @@ class AudioLM:
     def _special_tokens(self) -> list[str]:
         tokenizer = self.tokenizer
         names = set(getattr(tokenizer, "all_special_tokens", []))
-        names |= {token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if token.special}
+        added = getattr(tokenizer, "added_tokens_decoder", {})
+        if callable(added):  # Mistral's tokenizer before transformers 5.20: a method that refuses; specials above
+            added = {}
+        names |= {token.content for token in added.values() if token.special}
         return sorted((name for name in names if len(name) > 1), key=len, reverse=True)
 
     def escape_text(self, text: str) -> str:

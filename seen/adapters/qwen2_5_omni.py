@@ -24,6 +24,12 @@ def _encoder_frames(mel_lengths: torch.Tensor) -> torch.Tensor:
 class Qwen25OmniThinker(AudioLM):
     architecture = "Qwen2_5OmniThinkerForConditionalGeneration"
 
+    def __init__(self, model: Any, processor: Any, tokenizer: Any, feature_extractor: Any, source: str) -> None:
+        super().__init__(model, processor, tokenizer, feature_extractor, source)
+        if hasattr(model, "audio_tower"):  # transformers < 5.20: the towers beside the text model, not inside it
+            self.encoder_layers_path = "audio_tower.layers"
+            self.decoder_layers_path = "model.layers"
+
     def _encoder_batch(self, clips: Sequence[Clip]) -> ModelBatch:
         inputs = self.window_features(clips)
         return ModelBatch(inputs, FrameLayout.packed(_encoder_frames(inputs["feature_attention_mask"].sum(-1))))
@@ -34,7 +40,8 @@ class Qwen25OmniThinker(AudioLM):
         )
 
     def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
-        packed = self.run_encoder(batch).last_hidden_state  # the tower ends in its own projection
+        features = self.run_encoder(batch)
+        packed = getattr(features, "last_hidden_state", features)  # the tower ends in its own projection
         tokens = (_encoder_frames(batch.inputs["feature_attention_mask"].sum(-1)) - 2) // 2 + 1
         return list(packed.split(tokens.tolist()))
 
