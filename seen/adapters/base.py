@@ -73,8 +73,9 @@ class AudioLM:
     """Shorter clips are padded with silence to this length: below it the processors give no audio frame."""
     answers_chat: ClassVar[bool] = True
     """False for speech recognizers, which transcribe whatever the question (the service refuses chat for them)."""
-    encoder_layers_path: ClassVar[str] = "model.audio_tower.layers"
-    decoder_layers_path: ClassVar[str] = "model.language_model.layers"
+    encoder_layers_path: str = "model.audio_tower.layers"
+    """Where the encoder's layers are (an adapter may set it per instance for its transformers' layout)."""
+    decoder_layers_path: str = "model.language_model.layers"
 
     def __init__(self, model: nn.Module, processor: Any, tokenizer: Any, feature_extractor: Any, source: str) -> None:
         self.model: Any = model  # a transformers PreTrainedModel; its config attributes are dynamic
