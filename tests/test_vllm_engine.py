@@ -184,9 +184,13 @@ def test_a_later_batch_joins_the_running_one(backends: tuple[ModelBackend, VllmB
 @pytest.mark.parametrize(
     ("architecture", "site", "refusal"),
     [
-        ("WhisperForConditionalGeneration", SiteKind.ENCODER_FFN, "not WhisperForConditionalGeneration"),
-        ("VoxtralForConditionalGeneration", SiteKind.ENCODER_FFN, "not VoxtralForConditionalGeneration"),
-        ("Qwen2_5OmniThinkerForConditionalGeneration", SiteKind.ENCODER_FFN, "use engine=transformers"),
+        ("WhisperForConditionalGeneration", SiteKind.ENCODER_FFN, "encoder-decoder.*use engine=transformers"),
+        ("VoxtralForConditionalGeneration", SiteKind.ENCODER_FFN, "raw audio only.*use engine=transformers"),
+        (
+            "Qwen2_5OmniThinkerForConditionalGeneration",
+            SiteKind.ENCODER_FFN,
+            "mel features only.*use engine=transformers",
+        ),
         ("Qwen2AudioForConditionalGeneration", SiteKind.DECODER_HIDDEN, "applies SEEN in the audio encoder only"),
     ],
 )

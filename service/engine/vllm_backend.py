@@ -54,11 +54,26 @@ from service.engine.transformers_backend import ModelBackend
 logger = logging.getLogger(__name__)
 
 VLLM_ARCHITECTURES = ("Qwen2AudioForConditionalGeneration",)
-"""Architectures whose language model vLLM serves from our audio embeddings (tested: tests/test_vllm_engine.py).
+"""Architectures whose language model vLLM serves from our audio embeddings (tested: tests/test_vllm_engine.py)."""
 
-Not (yet) the others: Whisper is an encoder-decoder (cross-attention, no audio rows in a prompt); Qwen2.5-Omni's
-thinker needs M-RoPE positions for its audio tokens and Voxtral its own embedding layout in vLLM, neither
-verified against the transformers backend."""
+NOT_SERVED = {
+    "Qwen2_5OmniThinkerForConditionalGeneration": (
+        "vLLM 0.32's Qwen2.5-Omni takes mel features only, not precomputed audio embeddings (it declares no "
+        "audio_embeds input and needs audio_feature_lengths for its M-RoPE positions), and loads the full Omni "
+        "checkpoint rather than a thinker"
+    ),
+    "VoxtralForConditionalGeneration": (
+        "vLLM 0.32's Voxtral takes raw audio only, not precomputed audio embeddings, and needs the Mistral-format "
+        "checkpoint with tokenizer_mode=mistral"
+    ),
+    "WhisperForConditionalGeneration": (
+        "in vLLM Whisper is an encoder-decoder whose decoder reads the encoder output by cross-attention, and vLLM "
+        "accepts neither a precomputed encoder output nor prompt embeddings for encoder-decoder models"
+    ),
+}
+"""Why the others are refused (read from vLLM 0.32's model code: ``qwen2_5_omni_thinker.py``, ``voxtral.py``,
+``whisper.py``). Qwen2.5-Omni might be served through vLLM's prompt-embeddings input instead (a prompt's rows
+given whole, the audio rows among them), which was not built or verified here."""
 
 
 def check_vllm_support(bundle: NoiseBundle) -> None:
@@ -68,8 +83,9 @@ def check_vllm_support(bundle: NoiseBundle) -> None:
     """
     architecture = bundle.model.architecture
     if architecture not in VLLM_ARCHITECTURES:
+        reason = NOT_SERVED.get(architecture, "not supported by this project's vllm engine")
         raise ValueError(
-            f"the vllm engine serves {', '.join(VLLM_ARCHITECTURES)} only, not {architecture}; "
+            f"the vllm engine serves {', '.join(VLLM_ARCHITECTURES)} only, not {architecture}: {reason}; "
             "use engine=transformers for this model"
         )
     if not bundle.site.in_encoder:
