@@ -7,8 +7,10 @@ audio encoder and an eight-layer language model, so that decoding dominates as i
 * ``vllm on/off``: ``seen serve --engine vllm``, SEEN on or off per request;
 * ``vllm alone``: vLLM's own OpenAI server on the same folder, its own audio tower, no SEEN.
 
-Every request is the same clip and prompt, greedy, with ``max_tokens`` cycling through ``LENGTHS`` so that
-answers differ in length (a random model rarely ends early: the mean completion length is printed). For each
+Every request has a clip of its own (the same length, a new seed: vLLM caches processed audio and encoder
+outputs by the audio's hash, so a repeated clip would skip vLLM's audio work but not ours) and the same
+prompt, greedy, with ``max_tokens`` cycling through ``LENGTHS`` so that answers differ in length (a random
+model rarely ends early: the mean completion length is printed). For each
 concurrency the variants take turns, a burst of requests each, for ``--rounds`` rounds (the order reversed
 every round), so that drift on a shared machine hits all alike; req/s is the requests over the bursts' wall
 time, p50/p95 over every request of the level.
@@ -23,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -73,22 +76,46 @@ def vllm_alone(model: str, max_num_seqs: int) -> Iterator[str]:
         process.wait(60)
 
 
-def bodies(clip_b64: str, count: int, seen: bool | None) -> list[dict[str, Any]]:
-    content = [
-        {"type": "input_audio", "input_audio": {"data": clip_b64, "format": "wav"}},
-        {"type": "text", "text": "What is said in the audio?"},
-    ]
+class Clips:
+    """A new clip for every request: speech-like signal plus light babble, WAV in base64."""
+
+    def __init__(self, seconds: float, rate: int = 16000) -> None:
+        self.seconds, self.rate = seconds, rate
+        self._seeds = itertools.count(1)
+
+    def next(self) -> str:
+        import soundfile as sf
+
+        from seen.noise import generate_noise
+        from tests.conftest import speechlike
+
+        seed, samples = next(self._seeds), int(self.seconds * self.rate)
+        clip = speechlike(self.seconds, seed=seed, rate=self.rate) + 0.02 * generate_noise(
+            "babble", samples, self.rate, seed
+        )
+        buffer = io.BytesIO()
+        sf.write(buffer, clip, self.rate, format="WAV")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+
+def bodies(clips: Clips, count: int, seen: bool | None) -> list[dict[str, Any]]:
     extra = {} if seen is None else {"seen": {"enabled": seen}}
-    return [
-        {
-            "model": "bench",
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": LENGTHS[index % len(LENGTHS)],
-            "temperature": 0,
-            **extra,
-        }
-        for index in range(count)
-    ]
+    requests = []
+    for index in range(count):
+        content = [
+            {"type": "input_audio", "input_audio": {"data": clips.next(), "format": "wav"}},
+            {"type": "text", "text": "What is said in the audio?"},
+        ]
+        requests.append(
+            {
+                "model": "bench",
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": LENGTHS[index % len(LENGTHS)],
+                "temperature": 0,
+                **extra,
+            }
+        )
+    return requests
 
 
 @dataclass
@@ -120,12 +147,12 @@ async def burst(
 
 
 async def measure(
-    variants: dict[str, tuple[str, bool | None]], clip_b64: str, concurrency: list[int], requests: int, rounds: int
+    variants: dict[str, tuple[str, bool | None]], clips: Clips, concurrency: list[int], requests: int, rounds: int
 ) -> dict[tuple[str, int], Level]:
     results: dict[tuple[str, int], Level] = {}
     async with httpx.AsyncClient(timeout=1200) as client:
         for url, seen in variants.values():  # warm-up, not counted
-            await burst(client, url, bodies(clip_b64, 2, seen), 2, Level())
+            await burst(client, url, bodies(clips, 2, seen), 2, Level())
         for level in concurrency:
             count = max(requests, 2 * level)
             for round_ in range(rounds):
@@ -133,7 +160,7 @@ async def measure(
                 for name in order:
                     url, seen = variants[name]
                     measured = results.setdefault((name, level), Level())
-                    await burst(client, url, bodies(clip_b64, count, seen), level, measured)
+                    await burst(client, url, bodies(clips, count, seen), level, measured)
             print(f"  concurrency {level} measured", flush=True)
     return results
 
@@ -169,18 +196,6 @@ def main() -> None:
     args = parser.parse_args()
     concurrency = [int(value) for value in args.concurrency.split(",")]
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    import soundfile as sf
-
-    from seen.noise import generate_noise
-    from tests.conftest import speechlike
-
-    rate = 16000
-    clip = speechlike(args.seconds, seed=1, rate=rate) + 0.02 * generate_noise(
-        "babble", int(args.seconds * rate), rate, 1
-    )
-    buffer = io.BytesIO()
-    sf.write(buffer, clip, rate, format="WAV")
-    clip_b64 = base64.b64encode(buffer.getvalue()).decode()
     common = ["--device", "cpu", "--seen-enabled", "--max-batch-size", str(args.max_batch_size)]
     common += ["--max-queue-size", "256", "--max-running-requests", "64"]
     with tempfile.TemporaryDirectory() as scratch:
@@ -200,7 +215,7 @@ def main() -> None:
                 "vllm off": (vllm_url, False),
                 "vllm alone": (alone_url, None),
             }
-            results = asyncio.run(measure(variants, clip_b64, concurrency, args.requests, args.rounds))
+            results = asyncio.run(measure(variants, Clips(args.seconds), concurrency, args.requests, args.rounds))
     report(results, list(variants), concurrency)
 
 
