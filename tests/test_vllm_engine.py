@@ -244,3 +244,40 @@ async def test_the_service_answers_the_same_on_both_engines(model_dir: Path, bun
     # service's own families pass every lint.
     findings = [line for line in (checked.stdout + checked.stderr).splitlines() if line.strip()]
     assert [line for line in findings if not line.startswith("vllm:")] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_backpressure_and_timeouts_behave_as_on_the_transformers_engine(
+    model_dir: Path, bundle_dir: Path
+) -> None:
+    """One request running and one waiting at most: the rest get 503 + Retry-After; a request past its timeout
+    gets 504 and is aborted in vLLM, which then serves the next request as before."""
+    import asyncio
+
+    from service.app import create_app
+    from tests.service_helpers import chat_body, running, serving, settings
+
+    body = chat_body(speechlike(1.3, 0), max_tokens=200, temperature=0)
+    limits = {"max_running_requests": 1, "max_queue_size": 1, "max_batch_size": 1, "retry_after_seconds": 3}
+    async with serving(model_dir, bundle_dir, engine="vllm", **limits) as client:
+        responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(6)))
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 1 and set(statuses) == {200, 503}, statuses
+    refused = next(response for response in responses if response.status_code == 503)
+    assert refused.json()["error"]["code"] == "queue_full" and refused.headers["retry-after"] == "3"
+    answered = [response.json()["usage"]["completion_tokens"] for response in responses if response.status_code == 200]
+    assert answered == [200] * len(answered)  # this prompt runs to any limit: the one below is long
+
+    app = create_app(settings(model_dir, bundle_dir, engine="vllm", request_timeout_seconds=0.5))
+    async with running(app) as client:
+        timed_out = await client.post("/v1/chat/completions", json={**body, "max_tokens": 4000})
+        assert timed_out.status_code == 504 and timed_out.json()["error"]["code"] == "timeout"
+        backend = app.state.service.engine.backend
+        for _ in range(100):  # the loop sees the cancelled job at its next step and aborts it in vLLM
+            if backend._engine.get_num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert backend._engine.get_num_unfinished_requests() == 0
+        quick = await client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+        assert quick.status_code == 200 and quick.json()["usage"]["completion_tokens"] == 2
