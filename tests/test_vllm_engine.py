@@ -281,3 +281,38 @@ async def test_backpressure_and_timeouts_behave_as_on_the_transformers_engine(
         assert backend._engine.get_num_unfinished_requests() == 0
         quick = await client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
         assert quick.status_code == 200 and quick.json()["usage"]["completion_tokens"] == 2
+
+
+def test_sigterm_lets_a_running_vllm_request_finish(model_dir: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    """The drain on the vLLM engine: a long answer in flight at SIGTERM is completed, then the process exits 0."""
+    import signal
+    import time
+
+    import httpx
+
+    from tests.service_helpers import Server, chat_body, environment, free_port, metric_value
+    from tests.test_service_server import EXIT_TIMEOUT_SECONDS, Outcome, check_clean_exit, post_chat, serve_command
+
+    port = free_port()
+    command = serve_command(model_dir, bundle_dir, port, "--engine", "vllm")
+    server = Server.start(command, port, tmp_path / "server.log", environment(VLLM_CPU_KVCACHE_SPACE="1"))
+    try:
+        server.wait_ready()
+        outcome = Outcome()
+        body = chat_body(speechlike(1.3, 0), max_tokens=1500, temperature=0)
+        thread = threading.Thread(target=post_chat, args=(server.url, body, outcome))
+        thread.start()
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=server.url, timeout=5.0) as client:
+            while metric_value(client.get("/metrics").text, "seen_requests_in_flight") < 2:
+                assert time.monotonic() < deadline, "the request never reached the server"
+                time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        assert thread.is_alive(), "the request finished before the signal"
+        thread.join(EXIT_TIMEOUT_SECONDS)
+        assert outcome.error is None and outcome.response is not None, outcome.error
+        assert outcome.response.status_code == 200, outcome.response.text
+        assert outcome.response.json()["usage"]["completion_tokens"] == 1500
+        check_clean_exit(server, server.process.wait(EXIT_TIMEOUT_SECONDS))
+    finally:
+        server.stop()
