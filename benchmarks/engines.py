@@ -27,7 +27,6 @@ import contextlib
 import io
 import itertools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.service_load import _free_port, server, tiny_model
+from benchmarks.service_load import _free_port, server, serving, tiny_model
 
 LENGTHS = (8, 16, 32, 64, 128)
 TARGETS = (
@@ -57,23 +56,8 @@ def vllm_alone(model: str, max_num_seqs: int) -> Iterator[str]:
     command += ["--served-model-name", "bench", "--dtype", "float32", "--enforce-eager", "--seed", "0"]
     command += ["--max-model-len", "4096", "--max-num-seqs", str(max_num_seqs), "--limit-mm-per-prompt"]
     command += ['{"audio": 1}', "--host", "127.0.0.1", "--port", str(port), "--uvicorn-log-level", "warning"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"vllm exited: {process.stderr.read()[-3000:] if process.stderr else ''}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("vllm did not become ready in 600 s")
+    with serving(command, port, "/health") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(60)
 
 
 class Clips:

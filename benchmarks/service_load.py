@@ -58,27 +58,41 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
+def serving(command: list[str], port: int, ready_path: str) -> Iterator[str]:
+    """Run a server command until ``ready_path`` answers 200, yield its URL, stop it at the end.
+
+    Its output goes to a temporary file (a pipe nobody reads would block a chatty server) and is shown if
+    it exits before it is ready.
+    """
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{' '.join(command[:4])} exited: {log.read()[-3000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"{' '.join(command[:4])} did not become ready in 600 s")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(60)
+
+
+@contextlib.contextmanager
 def server(model: str, bundle: str, *extra: str) -> Iterator[str]:
+    """``seen serve`` on the model and bundle, on a free loopback port."""
     port = _free_port()
     command = [sys.executable, "-m", "cli.main", "serve", "--model", model, "--bundle", bundle]
     command += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", "bench", "--log-level", "warning"]
-    process = subprocess.Popen([*command, *extra], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read() if process.stderr else ''}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not become ready in 600 s")
+    with serving([*command, *extra], port, "/ready") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(60)
 
 
 def _body(clip_b64: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
