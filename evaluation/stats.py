@@ -17,6 +17,8 @@ from scipy import stats
 Method = Literal["pearson", "spearman"]
 MIN_POINTS = 3
 """Fewer points than this give no correlation (with two, any non-constant pair correlates perfectly)."""
+FAILURE_WER = 0.2
+"""An answer with a WER above this counts as failed where SEE is scored as a detector (the SEEN study)."""
 
 
 class Correlation(NamedTuple):

@@ -5,6 +5,8 @@ and prints, for every method beside ``none``, the mean WER change against no pro
 (the cost) and over the noisy conditions at the target SNRs (the gain, overall and per noise type), in
 percentage points, each with a 95 % bootstrap interval. Clips are resampled (with replacement) as whole
 units, all their conditions together, since a clip's difficulty is shared by every condition it is in.
+Then SEE as a detector beside the blind audio measures: per-request ROC AUC for "WER above 0.2" of the
+unprocessed answers (``none`` rows), with stratified bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from evaluation.stats import FAILURE_WER, roc_auc
 
 NONE, CLEAN = "none", "clean"
 
@@ -92,6 +96,23 @@ def table(rows: Sequence[dict[str, str]], snrs: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+DETECTORS = (("SEE", "see", 1.0), ("WADA-SNR", "wada_snr_db", -1.0), ("DNSMOS OVRL", "dnsmos_ovrl", -1.0))
+"""Scores compared as detectors of a failed answer: column and sign (higher = more likely failed)."""
+
+
+def detector_table(rows: Sequence[dict[str, str]]) -> str:
+    """Markdown: per-request AUC for a WER above :data:`FAILURE_WER` of the unprocessed answers, per score."""
+    plain = [r for r in rows if r["method"] == NONE]
+    failed = np.array([float(r["wer"]) > FAILURE_WER for r in plain])
+    lines = ["| score | AUC [95 %] | failed | not failed |", "| --- | --- | --- | --- |"]
+    for name, column, sign in DETECTORS:
+        auc = roc_auc([sign * float(r[column]) for r in plain], failed)
+        lines.append(
+            f"| {name} | {auc.value:.2f} [{auc.low:.2f}, {auc.high:.2f}] | {auc.positives} | {auc.negatives} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("requests", type=Path, help="requests.csv of a seen eval run")
@@ -99,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     snrs = [float(value) for value in args.snrs.split(",")]
     print("WER change against no processing, points (> 0: lower WER), 95 % bootstrap intervals over clips:\n")
-    print(table(read_rows(args.requests), snrs))
+    rows = read_rows(args.requests)
+    print(table(rows, snrs))
+    print(f"\nPer-request ROC AUC for WER > {FAILURE_WER} of the unprocessed answers:\n")
+    print(detector_table(rows))
 
 
 if __name__ == "__main__":

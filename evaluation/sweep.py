@@ -28,7 +28,7 @@ from calibration.pipeline import CalibrationConfig, CalibrationRows, ClipSet, ca
 from evaluation.dataset import Dataset
 from evaluation.rows import RequestRow, ResultStore
 from evaluation.runner import ADAPTIVE, CLEAN, NONE, Condition, Evaluator, Method, parse_method, run_all
-from evaluation.stats import correlation, roc_auc
+from evaluation.stats import FAILURE_WER, correlation, roc_auc
 from seen.adapters import AudioLM
 from seen.basis import BasisOptions
 from seen.bundle import NoiseBundle
@@ -44,7 +44,6 @@ BASIS_RECIPES: dict[str, BasisOptions] = {
 }
 """The bases compared: the paper's literal SVD, chance-mode delta, clean-mean centring, per-set PCA,
 the contrastive basis and the paired (noisy minus clean) basis."""
-FAILURE_WER = 0.2
 _LAYERS = re.compile(r"^(localized|all|last-(\d+)|layer-(\d+))$")
 
 

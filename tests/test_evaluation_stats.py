@@ -126,3 +126,19 @@ def test_study_wer_change_is_paired_per_clip_with_an_interval() -> None:
     assert "| seen-1 | +0.00 [+0.00, +0.00] | +10.00 [+10.00, +10.00] | +10.00 [+10.00, +10.00] |" in text
     with pytest.raises(ValueError, match="no rows of method"):
         wer_change(rows, "seen-0.5", None)
+
+
+def test_study_detector_table_scores_each_measure_on_the_unprocessed_answers() -> None:
+    from evaluation.study import detector_table
+
+    rows = []
+    for index, wer in enumerate((0.0, 0.1, 0.15, 0.3, 0.5, 0.9)):
+        failed = wer > 0.2
+        noisy = {"see": str(0.1 + 0.1 * index), "wada_snr_db": str(30 - 5 * index), "dnsmos_ovrl": "3.0"}
+        rows.append({"method": "none", "wer": str(wer), **noisy})
+        # another method's rows never count: here they would reverse every ranking
+        rows.append({"method": "seen-1", "wer": str(0.0 if failed else 1.0), **noisy})
+    text = detector_table(rows)
+    assert "| SEE | 1.00 [1.00, 1.00] | 3 | 3 |" in text  # rises with WER: separates perfectly
+    assert "| WADA-SNR | 1.00 [1.00, 1.00] | 3 | 3 |" in text  # falls with WER: scored negated
+    assert "| DNSMOS OVRL | 0.50 [0.50, 0.50] | 3 | 3 |" in text  # constant: chance
