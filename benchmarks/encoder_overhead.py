@@ -3,7 +3,8 @@
 Why this is built the way it is:
 
 * The model is the released encoder's shape (32 layers, d_model 1280, FFN 5120, one 30 s window of
-  1500 frames) with random weights: timing depends on shapes, not on trained values, and no checkpoint
+  1500 frames; ``--width 512 --ffn 2048 --heads 8 --layers 6 --hooked 3`` is Whisper base's) with random
+  weights: timing depends on shapes, not on trained values, and no checkpoint
   is needed. The hooks sit on the FFN activations of the last ``--hooked`` layers, as in serving.
 * What is timed is what a served request pays: building the frame layout, entering the scope, the
   forward with the hooks, and ``readout.report()``, the one host sync after the forward. Installing
@@ -56,7 +57,7 @@ from seen.see import FrameLayout
 
 TARGET_RATIO = 1.03
 WINDOW_FRAMES = 1500  # encoder frames of one 30 s window (3000 mel frames, conv2 stride 2)
-FFN_DIM = 5120
+FFN_DIM = 5120  # the default --ffn: Qwen2-Audio-7B's encoder
 PROFILES = ("merged", "white", "pink", "brown", "babble", "engine", "wind")
 
 
@@ -116,13 +117,15 @@ class HookTimer:
                 handle.remove()
 
 
-def build_encoder(layers: int, device: torch.device, dtype: torch.dtype) -> tuple[Qwen2AudioEncoder, str]:
-    """Random-initialised encoder of the released size (``layers`` deep), eval mode, on ``device``/``dtype``."""
+def build_encoder(
+    layers: int, device: torch.device, dtype: torch.dtype, width: int = 1280, heads: int = 20, ffn: int = FFN_DIM
+) -> tuple[Qwen2AudioEncoder, str]:
+    """Random-initialised encoder (the released size by default, ``layers`` deep), eval mode, on ``device``."""
     config = Qwen2AudioEncoderConfig(
         encoder_layers=layers,
-        d_model=1280,
-        encoder_attention_heads=20,
-        encoder_ffn_dim=FFN_DIM,
+        d_model=width,
+        encoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
         num_mel_bins=128,
         max_source_positions=WINDOW_FRAMES,
     )
@@ -135,11 +138,11 @@ def build_encoder(layers: int, device: torch.device, dtype: torch.dtype) -> tupl
 
 
 def random_bases(
-    profiles: Sequence[str], n_layers: int, k: int, generator: torch.Generator
+    profiles: Sequence[str], n_layers: int, k: int, generator: torch.Generator, ffn: int = FFN_DIM
 ) -> dict[str, list[torch.Tensor]]:
-    """One random orthonormal (FFN_DIM x k) basis per profile and hooked layer (float32, host)."""
+    """One random orthonormal (ffn x k) basis per profile and hooked layer (float32, host)."""
     return {
-        name: [torch.linalg.qr(torch.randn(FFN_DIM, k, generator=generator)).Q for _ in range(n_layers)]
+        name: [torch.linalg.qr(torch.randn(ffn, k, generator=generator)).Q for _ in range(n_layers)]
         for name in profiles
     }
 
@@ -278,6 +281,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default: 5 on cuda, 1 on cpu)")
     parser.add_argument("--budget-s", type=float, default=210.0, help="cpu: seconds of timed rounds to aim for")
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--width", type=int, default=1280, help="d_model (default: Qwen2-Audio-7B's encoder)")
+    parser.add_argument("--heads", type=int, default=20, help="attention heads")
+    parser.add_argument("--ffn", type=int, default=FFN_DIM, help="FFN width")
     parser.add_argument("--hooked", type=int, default=9, help="hook the FFN activation of the last N layers")
     parser.add_argument("--k", type=int, default=10, help="basis columns per profile and layer")
     parser.add_argument("--batch", type=int, default=1, help="30 s clips per forward")
@@ -300,11 +306,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with torch.inference_mode():
         build_start = time.perf_counter()
-        encoder, attention = build_encoder(args.layers, device, dtype)
+        encoder, attention = build_encoder(args.layers, device, dtype, args.width, args.heads, args.ffn)
         build_s = time.perf_counter() - build_start
         paths = [f"layers.{i}.activation_fn" for i in range(args.layers - args.hooked, args.layers)]
-        single = SeenPatch(encoder, paths, random_bases(PROFILES[:1], len(paths), args.k, generator))
-        bundle = SeenPatch(encoder, paths, random_bases(PROFILES, len(paths), args.k, generator))
+        single = SeenPatch(encoder, paths, random_bases(PROFILES[:1], len(paths), args.k, generator, args.ffn))
+        bundle = SeenPatch(encoder, paths, random_bases(PROFILES, len(paths), args.k, generator, args.ffn))
         on_cpu = device.type == "cpu"
         hook_timer = HookTimer(resolve_modules(encoder, paths), encoder) if on_cpu else None
         features = torch.randn(args.batch, 128, 2 * WINDOW_FRAMES, generator=generator).to(device, dtype)
@@ -335,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if device.type == "cuda":
             print(f"gpu: {torch.cuda.get_device_name(device)}")
         print(
-            f"encoder: {args.layers} layers, d_model 1280, ffn {FFN_DIM}, input ({args.batch}, 128, "
+            f"encoder: {args.layers} layers, d_model {args.width}, ffn {args.ffn}, input ({args.batch}, 128, "
             f"{2 * WINDOW_FRAMES}), built in {build_s:.1f}s; hooked: {paths[0]} .. {paths[-1]} ({len(paths)} layers)",
             flush=True,
         )
