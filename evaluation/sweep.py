@@ -16,6 +16,7 @@ holds the grid and every setting, so the figures can be regenerated with one com
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -268,14 +269,22 @@ def run_sweep(
     return results
 
 
-def pareto_front(results: Sequence[Outcome]) -> list[Outcome]:
-    """Configurations no other one beats on both clean cost (lower) and noisy gain (higher)."""
+def overall_gain(outcome: Outcome) -> float:
+    return outcome.noisy_gain
+
+
+def _gain_in(noise: str, outcome: Outcome) -> float:
+    return outcome.gain_by_noise.get(noise, float("-inf"))
+
+
+def pareto_front(results: Sequence[Outcome], gain: Callable[[Outcome], float] = overall_gain) -> list[Outcome]:
+    """Configurations no other one beats on both clean cost (lower) and noisy ``gain`` (higher)."""
     front = []
     for candidate in results:
         dominated = any(
             other.clean_cost <= candidate.clean_cost
-            and other.noisy_gain >= candidate.noisy_gain
-            and (other.clean_cost, other.noisy_gain) != (candidate.clean_cost, candidate.noisy_gain)
+            and gain(other) >= gain(candidate)
+            and (other.clean_cost, gain(other)) != (candidate.clean_cost, gain(candidate))
             for other in results
         )
         if not dominated:
@@ -292,10 +301,22 @@ def markdown(results: Sequence[Outcome], title: str) -> str:
             f"| {o.bundle} | {o.routing} | {o.method} | {o.directions} | {o.clean_cost:+.2f} | "
             f"{o.noisy_gain:+.2f} | {o.see_auc:.3f} | {o.see_abs_r:.3f} |"
         )
+    noises = sorted({noise for o in results for noise in o.gain_by_noise})
+    for noise in noises:
+        lines += ["", f"## Pareto front in {noise} noise", "", "| bundle | routing | method | clean cost | gain |"]
+        lines.append("| --- " * 5 + "|")
+        for o in pareto_front(results, functools.partial(_gain_in, noise)):
+            gain = o.gain_by_noise.get(noise, float("nan"))
+            lines.append(f"| {o.bundle} | {o.routing} | {o.method} | {o.clean_cost:+.2f} | {gain:+.2f} |")
     lines += ["", "## Every configuration", "", header, "| --- " * 8 + "|"]
     for o in sorted(results, key=lambda o: -o.noisy_gain):
         lines.append(
             f"| {o.bundle} | {o.routing} | {o.method} | {o.directions} | {o.clean_cost:+.2f} | "
             f"{o.noisy_gain:+.2f} | {o.see_auc:.3f} | {o.see_abs_r:.3f} |"
         )
+    by_noise = "| bundle | routing | method | " + " | ".join(noises) + " |"
+    lines += ["", "## Noisy gain per noise type", "", by_noise, "| --- " * (3 + len(noises)) + "|"]
+    for o in sorted(results, key=lambda o: -o.noisy_gain):
+        gains = " | ".join(f"{o.gain_by_noise.get(noise, float('nan')):+.2f}" for noise in noises)
+        lines.append(f"| {o.bundle} | {o.routing} | {o.method} | {gains} |")
     return "\n".join(lines) + "\n"

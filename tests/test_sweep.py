@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from cli.main import main
 from conversion.whisper import convert_whisper
-from evaluation.sweep import BundlePoint, Outcome, grid, pareto_front
+from evaluation.sweep import BundlePoint, Outcome, grid, markdown, pareto_front
 from seen.hooks import SiteKind
 from seen.noise import generate_noise
 from tests.conftest import speechlike
@@ -53,6 +54,12 @@ def test_pareto_front_keeps_only_undominated_configurations() -> None:
 
     results = [outcome("a", 0.0, 1.0), outcome("b", 1.0, 3.0), outcome("c", 1.5, 2.0), outcome("d", 0.5, 0.5)]
     assert [o.bundle for o in pareto_front(results)] == ["a", "b"]
+    in_white = {"a": 0.0, "b": 1.0, "c": 5.0, "d": 0.2}  # per noise type the front is another one
+    results = [dataclasses.replace(o, gain_by_noise={"white": in_white[o.bundle]}) for o in results]
+    assert [o.bundle for o in pareto_front(results, lambda o: o.gain_by_noise["white"])] == ["a", "d", "b", "c"]
+    report = markdown(results, "t")
+    assert "## Pareto front in white noise" in report and "| c | merged | seen-1 | +1.50 | +5.00 |" in report
+    assert "## Noisy gain per noise type" in report
 
 
 def test_sweep_runs_a_small_grid_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
