@@ -124,6 +124,14 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_in_flight(self, requests: int, timeout: float = 30.0) -> None:
+        """Poll ``/metrics`` until ``requests`` are in flight (the scrape that reads the gauge counts as one)."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+            while metric_value(client.get("/metrics").text, "seen_requests_in_flight") < requests:
+                assert time.monotonic() < deadline, "the requests never reached the server"
+                time.sleep(0.02)
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         """Poll ``/ready`` until 200; fail with the server's log if it exits or takes too long."""
         deadline = time.monotonic() + timeout

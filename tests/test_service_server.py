@@ -349,12 +349,7 @@ def test_sigterm_lets_in_flight_requests_finish(
         ]
         for thread in threads:
             thread.start()
-        # Both requests are in flight once the gauge counts them (plus the scrape that reads it).
-        deadline = time.monotonic() + 30
-        with httpx.Client(base_url=server.url, timeout=5.0) as client:
-            while metric_value(client.get("/metrics").text, "seen_requests_in_flight") < 3:
-                assert time.monotonic() < deadline, "the requests never reached the server"
-                time.sleep(0.02)
+        server.wait_in_flight(3)  # both requests, plus the scrape that reads the gauge
         server.process.send_signal(signal.SIGTERM)
         assert all(thread.is_alive() for thread in threads), "a request finished before the signal"
 

@@ -286,11 +286,8 @@ async def test_backpressure_and_timeouts_behave_as_on_the_transformers_engine(
 def test_sigterm_lets_a_running_vllm_request_finish(model_dir: Path, bundle_dir: Path, tmp_path: Path) -> None:
     """The drain on the vLLM engine: a long answer in flight at SIGTERM is completed, then the process exits 0."""
     import signal
-    import time
 
-    import httpx
-
-    from tests.service_helpers import Server, chat_body, environment, free_port, metric_value
+    from tests.service_helpers import Server, chat_body, environment, free_port
     from tests.test_service_server import EXIT_TIMEOUT_SECONDS, Outcome, check_clean_exit, post_chat, serve_command
 
     port = free_port()
@@ -302,11 +299,7 @@ def test_sigterm_lets_a_running_vllm_request_finish(model_dir: Path, bundle_dir:
         body = chat_body(speechlike(1.3, 0), max_tokens=1500, temperature=0)
         thread = threading.Thread(target=post_chat, args=(server.url, body, outcome))
         thread.start()
-        deadline = time.monotonic() + 30
-        with httpx.Client(base_url=server.url, timeout=5.0) as client:
-            while metric_value(client.get("/metrics").text, "seen_requests_in_flight") < 2:
-                assert time.monotonic() < deadline, "the request never reached the server"
-                time.sleep(0.02)
+        server.wait_in_flight(2)  # the request, plus the scrape that reads the gauge
         server.process.send_signal(signal.SIGTERM)
         assert thread.is_alive(), "the request finished before the signal"
         thread.join(EXIT_TIMEOUT_SECONDS)
