@@ -107,6 +107,28 @@ def test_same_jobs_give_the_same_answers_and_reports(backends: tuple[ModelBacken
     assert got[0].report is not None and got[0].report.residual_see == pytest.approx(0.0, abs=1e-6)
 
 
+def test_vllm_decodes_while_the_exact_see_is_replayed(
+    backends: tuple[ModelBackend, VllmBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay waits here until the request streams its first text: it can only if vLLM already has it."""
+    reference, served = backends
+    streamed = threading.Event()
+    replay = served.model.replay
+
+    def replay_after_first_text(*args: object) -> object:
+        overlapped.append(streamed.wait(timeout=60))
+        return replay(*args)
+
+    overlapped: list[bool] = []
+    monkeypatch.setattr(served.model, "replay", replay_after_first_text)
+    clip = speechlike(2.0, 11)
+    job = GenerateJob(ASK, [clip], control(1.0), sampling=greedy(8), sink=lambda _text: streamed.set())
+    [have] = served.generate([job])
+    assert overlapped == [True]
+    [want] = reference.generate([GenerateJob(ASK, [clip], control(1.0), sampling=greedy(8))])
+    assert_same(want, have)  # the report that arrived after the text is still the exact one
+
+
 def test_each_request_gets_its_own_lambda_through_the_prefix_cache(backends: tuple[ModelBackend, VllmBackend]) -> None:
     """The same clip and prompt with other lambdas, one after another: vLLM's prefix cache keys on the embeddings."""
     reference, served = backends
@@ -244,6 +266,25 @@ async def test_the_service_answers_the_same_on_both_engines(model_dir: Path, bun
     # service's own families pass every lint.
     findings = [line for line in (checked.stdout + checked.stderr).splitlines() if line.strip()]
     assert [line for line in findings if not line.startswith("vllm:")] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_demo_model_is_served_on_the_vllm_engine() -> None:
+    """No model option, ``engine=vllm``: the embedded demo model, its example answered as on transformers."""
+    from demo.clips import EXAMPLE_SENTENCE
+    from service.app import create_app
+    from service.config import Settings
+    from tests.service_helpers import running
+
+    example = Path(__file__).resolve().parents[1] / "demo" / "assets" / "examples" / "request.wav"
+    async with running(create_app(Settings(engine="vllm"))) as client:
+        assert [m["id"] for m in (await client.get("/v1/models")).json()["data"]] == ["qwen2-audio-demo"]
+        files = {"file": ("request.wav", example.read_bytes(), "audio/wav")}
+        reply = await client.post("/v1/audio/transcriptions", files=files, data={"model": "qwen2-audio-demo"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["text"] == EXAMPLE_SENTENCE
+    assert reply.json()["noise_report"]["noisy"] is False
 
 
 @pytest.mark.anyio

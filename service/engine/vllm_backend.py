@@ -4,13 +4,15 @@ Per batch, on the engine's device thread (:meth:`VllmBackend.start_generate`):
 
 1. the jobs' prompts and clips become one transformers batch (the adapter's own chat template, escaping and
    feature extraction, exactly as the transformers backend builds it);
-2. when the report needs the paper's SEE (``exact``, or lambda/profile depend on it), the critical layers are
-   replayed unedited (or a score-only pass runs first); each clip gets its lambda and profile (the same
-   :class:`NoisePolicy` rules), and each job its noise report;
+2. when lambda or profile depend on the paper's SEE (adaptive lambda, ``auto`` profile), a score-only pass runs
+   first; each clip gets its lambda and profile (the same :class:`NoisePolicy` rules);
 3. the audio tower and projector run once for the whole batch inside ``PatchedModel.neutralizing``
    (:meth:`AudioLM.audio_embeddings`): the rows the language model reads, already neutralized per clip;
-4. each job goes to vLLM as its own request: the prompt's token ids with one ``<|AUDIO|>`` per clip (vLLM
-   expands it to the clip's rows) and the clip rows as precomputed audio embeddings.
+4. each job goes to vLLM as its own request at once: the prompt's token ids with one ``<|AUDIO|>`` per clip
+   (vLLM expands it to the clip's rows) and the clip rows as precomputed audio embeddings;
+5. only then, when the report needs the paper's SEE of an edited clip (``exact``), are the critical layers
+   replayed unedited: while vLLM already decodes, so the replay is off the requests' critical path unless
+   it outlasts their answers. Each job's noise report follows (its answer waits for it).
 
 The device thread is then free for the next batch. One backend thread owns vLLM's engine for its whole life
 (its client talks to the engine-core process over ZMQ sockets, which must not be shared between threads):
@@ -115,11 +117,12 @@ class _Request:
 
     job: GenerateJob
     prompt: dict[str, Any]
-    report: NoiseAssessment | None
     prompt_tokens: int
-    encoder_seconds: float
     batch_size: int
     decoder: IncrementalDecoder
+    reported: Future[tuple[NoiseAssessment | None, float]] = field(default_factory=Future)
+    """The job's noise report and its batch's encoder seconds: set by the device thread, after vLLM has the
+    request (the exact SEE's replay runs while vLLM decodes)."""
     future: Future[GenerateOutcome] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
     tokens: list[int] = field(default_factory=list)
@@ -199,7 +202,7 @@ class VllmBackend(ModelBackend):
         controls = self._controls(jobs, rows, exact)
 
         embeddings: list[torch.Tensor] = []
-        readout = None
+        readout = calls = None
         if clips:
             with ExitStack() as stack:
                 calls = stack.enter_context(self.model.recording_critical_layers()) if exact_see == "replay" else None
@@ -209,25 +212,31 @@ class VllmBackend(ModelBackend):
                 )
                 embeddings = [rows_.cpu() for rows_ in self.model.lm.audio_embeddings(batch)]
             encoder_seconds += encoder.seconds
+
+        prompt_tokens = self.model.prompt_tokens(batch)
+        requests = []
+        for index in range(len(jobs)):
+            prompt: dict[str, Any] = {"prompt_token_ids": self._prompt_ids(batch, index)}
+            if rows[index]:
+                prompt["multi_modal_data"] = {"audio": [embeddings[clip] for clip in rows[index]]}
+            decoder = IncrementalDecoder(self._decode)
+            requests.append(_Request(jobs[index], prompt, int(prompt_tokens[index]), len(jobs), decoder))
+        for request in requests:
+            self._inbox.put(request)
+
+        try:
             if calls is not None:
                 replay_started = time.perf_counter()
                 exact = self.model.replay(batch, calls)
                 encoder_seconds += time.perf_counter() - replay_started
-        inline = readout.report() if readout is not None else None
-
-        prompt_tokens = self.model.prompt_tokens(batch)
-        requests = []
-        for index, job in enumerate(jobs):
-            prompt: dict[str, Any] = {"prompt_token_ids": self._prompt_ids(batch, index)}
-            if rows[index]:
-                prompt["multi_modal_data"] = {"audio": [embeddings[clip] for clip in rows[index]]}
-            report = self._report(job, rows[index], controls, index, exact, inline)
-            decoder = IncrementalDecoder(self._decode)
-            requests.append(
-                _Request(job, prompt, report, int(prompt_tokens[index]), encoder_seconds, len(jobs), decoder)
-            )
-        for request in requests:
-            self._inbox.put(request)
+            inline = readout.report() if readout is not None else None
+            for index, request in enumerate(requests):
+                report = self._report(jobs[index], rows[index], controls, index, exact, inline)
+                request.reported.set_result((report, encoder_seconds))
+        except Exception as error:  # the requests fail with it, as they would have before reaching vLLM
+            for request in requests:
+                if not request.reported.done():
+                    request.reported.set_exception(error)
         return [request.future for request in requests]
 
     # -- vLLM's loop (its own thread) ------------------------------------------------------------------
@@ -300,6 +309,7 @@ class VllmBackend(ModelBackend):
         running.clear()
 
     def _complete(self, request: _Request) -> None:
+        """Settle the job's future once vLLM has finished it and its noise report is ready (whichever is last)."""
         job = request.job
         try:
             text, finish, count = self._finish(request.tokens, job.sampling.max_tokens, job.sampling.stop)
@@ -308,9 +318,18 @@ class VllmBackend(ModelBackend):
             return
         if job.cancelled.is_set():
             finish = "cancelled"
-        timing = Timing(request.encoder_seconds, time.perf_counter() - request.submitted, request.batch_size)
-        outcome = GenerateOutcome(text, finish, request.prompt_tokens, count, request.report, timing)
-        request.future.set_result(outcome)
+        generation_seconds = time.perf_counter() - request.submitted
+
+        def settle(reported: Future[tuple[NoiseAssessment | None, float]]) -> None:
+            error = reported.exception()
+            if error is not None:
+                request.future.set_exception(error)
+                return
+            report, encoder_seconds = reported.result()
+            timing = Timing(encoder_seconds, generation_seconds, request.batch_size)
+            request.future.set_result(GenerateOutcome(text, finish, request.prompt_tokens, count, report, timing))
+
+        request.reported.add_done_callback(settle)
 
     def _sampling_params(self, job: GenerateJob) -> Any:
         from vllm import SamplingParams
