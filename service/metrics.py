@@ -140,6 +140,8 @@ class ServiceMetrics:
             threshold = thresholds[name]
             if threshold is not None:  # None: imported bases without statistics, nothing is flagged
                 self.noisy_threshold.labels(self.model_name, name).set(threshold)
+                # At 0 from the start, so that rate() and alerts see the series before the first noisy request.
+                self.noisy_requests.labels(self.model_name, name)
             for condition, stats in (("clean", profile.see_clean), ("noise", profile.see_noise)):
                 for percentile, value in (stats.quantiles if stats is not None else {}).items():
                     self.calibrated_see.labels(self.model_name, name, condition, percentile).set(value)
