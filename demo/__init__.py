@@ -1,4 +1,4 @@
-"""The embedded demo model: a small Qwen2-Audio trained by the project on synthetic speech, and its bundle.
+"""The embedded demo model: a Qwen2-Audio on Whisper tiny.en's encoder, its language model trained here, and its bundle.
 
 This module only names where the committed checkpoint and bundle live (the service serves them when no
 model is configured); training, evaluation and the model card are in the submodules.

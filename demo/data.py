@@ -21,6 +21,8 @@ QUESTIONS = ("What did the speaker ask for?", "Transcribe the audio.", "Transcri
 """Instructions the model is trained to follow; the last one is the service's transcription instruction."""
 NO_AUDIO_ANSWER = "there is no audio to listen to."
 """What the model says when the request holds no audio (the answer is never guessable from text)."""
+SPOKEN_SECONDS = 4.0
+"""The longest a request is spoken (a longer take is re-spoken faster): training, card and calibration clips."""
 RATES = (130, 200)
 PITCHES = (25, 75)
 

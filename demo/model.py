@@ -2,8 +2,9 @@
 
 Everything is the real transformers classes, saved with ``save_pretrained``, so the demo checkpoint
 loads through exactly the path a hub checkpoint takes (``AutoModelForMultimodalLM`` + ``AutoProcessor``).
-Only the sizes are small, and the audio window is 4 s instead of 30 s (the feature extractor's
-``chunk_length`` and the encoder's ``max_source_positions`` agree on it).
+The audio encoder has the sizes of the Whisper encoder whose weights it carries (:mod:`demo.encoder`)
+and Qwen2-Audio's 30 s window; the language model is small, with heads of 64 (what vLLM's CPU attention
+takes).
 """
 
 from __future__ import annotations
@@ -63,17 +64,17 @@ CHAT_TEMPLATE = qwen2_audio_chat_template()
 
 @dataclass(frozen=True)
 class DemoArchitecture:
-    """Sizes of the demo model; the defaults are the committed checkpoint's."""
+    """Sizes of the demo model; the defaults are the committed checkpoint's (the encoder's: Whisper tiny.en's)."""
 
-    window_seconds: int = 4
+    window_seconds: int = 30
     mel_bins: int = 80
     encoder_layers: int = 4
-    encoder_dim: int = 128
-    encoder_ffn: int = 512
-    encoder_heads: int = 4
-    text_layers: int = 2
-    text_dim: int = 128
-    text_ffn: int = 256
+    encoder_dim: int = 384
+    encoder_ffn: int = 1536
+    encoder_heads: int = 6
+    text_layers: int = 3
+    text_dim: int = 256
+    text_ffn: int = 768
     text_heads: int = 4
 
     def as_dict(self) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jiwer
@@ -17,8 +18,10 @@ import torch
 
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
 from demo.clips import EXAMPLE_SENTENCE
-from demo.data import NO_AUDIO_ANSWER, held_out_pairs, speak
+from demo.data import NO_AUDIO_ANSWER, SPOKEN_SECONDS, held_out_pairs, speak
+from demo.encoder import EncoderCache, read_whisper_encoder, transplant_whisper_encoder
 from demo.evaluate import answer, noisy
+from demo.model import DemoArchitecture, build_model, build_processor
 from demo.train import main as train_main
 from seen.adapters import AudioLM, load_audio_lm
 from seen.audio import load_audio_file, split_into_windows
@@ -29,6 +32,7 @@ from service.app import create_app
 from service.config import Settings
 from tests.conftest import LIBRISPEECH
 from tests.service_helpers import audio_part, running
+from tests.tiny_whisper import random_whisper
 
 pytestmark = pytest.mark.anyio
 SNRS_FALLING = (20, 10, 0, -10)
@@ -46,7 +50,7 @@ def demo_scorer(demo_lm: AudioLM) -> PatchedModel:
 
 @pytest.fixture(scope="module")
 def held_out() -> tuple[list[np.ndarray], list[str]]:
-    examples = speak(held_out_pairs(16, seed=31), 4.0)
+    examples = speak(held_out_pairs(16, seed=31), SPOKEN_SECONDS)
     return [e.audio for e in examples], [e.sentence for e in examples]
 
 
@@ -55,14 +59,14 @@ def _mean_see(scorer: PatchedModel, clips: list[np.ndarray], profile: str) -> fl
     return float(scorer.score(clips, batch_size=16).see[:, column].mean())
 
 
-def _check_rise(see_clean: float, see: list[float], kind: str) -> None:
-    """SEE over 20, 10, 0, -10 dB under the noise's own profile: strictly rising, and far above clean at -10 dB.
+def _check_rise(see_clean: float, see: list[float], kind: str, factor: float) -> None:
+    """SEE over 20, 10, 0, -10 dB under the noise's own profile: rising from 10 dB down, ``factor`` x clean at -10.
 
-    Clean is not ranked below 20 dB: white noise at 20 dB does not register yet (its SEE stays at the clean
-    level, as the model card shows).
+    Clean and 20 dB are not ranked: on held-out voices babble at 20 dB sits at the clean level (the model card
+    shows it), and the model does not lose a request there either.
     """
-    assert all(a < b for a, b in itertools.pairwise(see)), (kind, see)
-    assert see[-1] > 2 * see_clean, (kind, see_clean, see)
+    assert all(a < b for a, b in itertools.pairwise(see[1:])), (kind, see)
+    assert see[-1] > factor * see_clean, (kind, see_clean, see)
 
 
 def test_the_committed_folder_is_a_complete_small_checkpoint() -> None:
@@ -79,7 +83,7 @@ def test_the_committed_folder_is_a_complete_small_checkpoint() -> None:
 
 
 def test_it_answers_fresh_held_out_clips(demo_lm: AudioLM, held_out: tuple[list[np.ndarray], list[str]]) -> None:
-    """Voices never heard in training; the model card reports the rate on 200 clips (0.97)."""
+    """Voices never heard in training; the model card reports the rate on 50 clips (1.00)."""
     clips, references = held_out
     answers = answer(demo_lm, clips)
     correct = sum(a == r for a, r in zip(answers, references, strict=True))
@@ -99,11 +103,11 @@ def test_without_audio_it_says_so_instead_of_guessing(demo_lm: AudioLM) -> None:
 def test_its_accuracy_falls_as_the_snr_falls(demo_lm: AudioLM, held_out: tuple[list[np.ndarray], list[str]]) -> None:
     clips, references = held_out
     accuracy = {
-        snr: np.mean([a == r for a, r in zip(answer(demo_lm, noisy(clips, "babble", snr, 5)), references, strict=True)])
-        for snr in (20, 0)
+        snr: np.mean([a == r for a, r in zip(answer(demo_lm, noisy(clips, "white", snr, 5)), references, strict=True)])
+        for snr in (20, 0, -10)
     }
-    # Graded like a real audio-language model: most requests survive 20 dB, almost none 0 dB.
-    assert accuracy[20] > 0.5 and accuracy[0] < 0.2
+    # Graded like a real audio-language model in white noise: 1.00, 0.54 and 0.02 in the model card.
+    assert accuracy[20] > 0.8 and 0.2 < accuracy[0] < 0.9 and accuracy[-10] < 0.2, accuracy
 
 
 def test_the_bundle_has_non_empty_bases_for_every_profile() -> None:
@@ -115,24 +119,25 @@ def test_the_bundle_has_non_empty_bases_for_every_profile() -> None:
     assert bundle.calibration["clean"]["clips"] == 50
 
 
-@pytest.mark.parametrize("kind", ["white", "babble"])
+@pytest.mark.parametrize(("kind", "factor"), [("white", 4.0), ("babble", 1.3)])
 def test_see_rises_as_the_snr_falls(
-    demo_scorer: PatchedModel, held_out: tuple[list[np.ndarray], list[str]], kind: str
+    demo_scorer: PatchedModel, held_out: tuple[list[np.ndarray], list[str]], kind: str, factor: float
 ) -> None:
+    """White noise moves this model's SEE far more than babble (x15 and x1.7 at -10 dB in the model card)."""
     clips, _ = held_out
     see = [_mean_see(demo_scorer, noisy(clips, kind, snr, seed=77), kind) for snr in SNRS_FALLING]
-    _check_rise(_mean_see(demo_scorer, clips, kind), see, kind)
+    _check_rise(_mean_see(demo_scorer, clips, kind), see, kind, factor)
 
 
 @pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"LibriSpeech clips not found at {LIBRISPEECH}")
 @pytest.mark.parametrize("kind", ["white", "babble"])
 def test_see_rises_on_real_human_speech_too(demo_scorer: PatchedModel, kind: str) -> None:
-    """The model never heard a human voice: SEE must follow the noise, not how familiar the speech is."""
+    """Real read English (the language model only heard espeak-ng): SEE must follow the noise there too."""
     files = sorted((LIBRISPEECH / "wav").glob("*.wav"))[:12]
     windows = [
         window
         for path in files
-        for window in split_into_windows(load_audio_file(path, 16000), 16000, 4.0)
+        for window in split_into_windows(load_audio_file(path, 16000), 16000, demo_scorer.lm.max_clip_seconds)
         if window.size >= 8000
     ]
 
@@ -140,14 +145,59 @@ def test_see_rises_on_real_human_speech_too(demo_scorer: PatchedModel, kind: str
         return [mix_at_snr(w, generate_noise(kind, w.size, 16000, seed=i), snr) for i, w in enumerate(windows)]
 
     see = [_mean_see(demo_scorer, mixed(snr), kind) for snr in SNRS_FALLING]
-    _check_rise(_mean_see(demo_scorer, windows, kind), see, kind)
+    _check_rise(_mean_see(demo_scorer, windows, kind), see, kind, 2.0)
 
 
-def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
-    assert train_main(["--smoke", "--out", str(tmp_path / "model")]) == 0
+@pytest.fixture(scope="module")
+def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Whisper (30 s window) saved as ``seen convert`` writes one."""
+    folder = tmp_path_factory.mktemp("whisper")
+    random_whisper(multilingual=False).save_pretrained(folder)
+    return folder
+
+
+def test_the_training_script_runs_end_to_end(tiny_whisper_dir: Path, tmp_path: Path) -> None:
+    assert train_main(["--smoke", "--whisper", str(tiny_whisper_dir), "--out", str(tmp_path / "model")]) == 0
     report = json.loads((tmp_path / "model" / "training.json").read_text())
-    assert report["recipe"]["clean_steps"] == 4 and report["evaluation"]["held_out_voices"]["count"] == 8
-    assert load_audio_lm(str(tmp_path / "model")).max_clip_seconds == 4.0
+    assert report["recipe"]["steps"] == 4 and report["evaluation"]["held_out_voices"]["count"] == 4
+    lm = load_audio_lm(str(tmp_path / "model"))
+    assert lm.max_clip_seconds == 30.0 and lm.dtype == torch.float32
+    # the audio tower carries the Whisper encoder's weights, unchanged by training
+    whisper = read_whisper_encoder(tiny_whisper_dir)
+    tower = lm.model.get_submodule("model.audio_tower").state_dict()
+    assert report["audio_encoder"]["whisper"]["sha256"] == whisper.provenance["sha256"]
+    for name, tensor in whisper.state.items():
+        torch.testing.assert_close(tower[name], tensor.to(torch.float16).float())
+
+
+def test_the_encoder_cache_gives_the_rows_of_the_models_own_audio_path(tiny_whisper_dir: Path) -> None:
+    """The cache runs a short window; the model pads to 30 s and masks the padding: the rows must agree."""
+    encoder = read_whisper_encoder(tiny_whisper_dir)
+    arch = replace(DemoArchitecture(), **encoder.dims, text_layers=1)
+    processor = build_processor(arch)
+    model = build_model(arch, processor.tokenizer).eval()
+    transplant_whisper_encoder(model, encoder)
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(0, 0.1, size).astype(np.float32) for size in (16000, 40000, 71000)]
+    cached = EncoderCache(model, processor, 5).encode(clips)
+    conversation = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "hi"}]}]
+    inputs = processor(
+        text=[processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)] * len(clips),
+        audio=clips,
+        sampling_rate=16000,
+        return_tensors="pt",
+        padding=True,
+    )
+    states: list[torch.Tensor] = []
+    tower = model.get_submodule("model.audio_tower")
+    handle = tower.register_forward_hook(lambda _m, _a, output: states.append(output.last_hidden_state))
+    with torch.inference_mode():
+        model(**inputs)
+    handle.remove()
+    audio_tokens = (inputs["input_ids"] == model.config.audio_token_id).sum(-1).tolist()
+    assert [len(rows) for rows in cached] == audio_tokens  # one row per audio token the processor expands
+    for clip_rows, full in zip(cached, states[0], strict=True):
+        torch.testing.assert_close(clip_rows, full[: len(clip_rows)], atol=1e-4, rtol=1e-4)
 
 
 async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
@@ -170,7 +220,9 @@ async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
     # served as is (score and flag): SEEN is off unless asked for, and the report says so
     assert clean["enabled"] is False and clean["residual_see"] == pytest.approx(clean["see"], rel=1e-5)
     assert clean["profile"] == "merged" and clean["noisy"] is False
-    assert noisy_report["noisy"] is True and noisy_report["dominant_noise"] == "white"
+    # white noise at 0 dB: the white profile's SEE rises several-fold and names the noise; the model still hears
+    # the request (Whisper's encoder), and the merged profile's SEE stays below its threshold (the README says so)
+    assert noisy_report["dominant_noise"] == "white" and noisy_report["see"] > clean["see"]
     assert noisy_report["see_by_profile"]["white"] > 3 * clean["see_by_profile"]["white"]
 
 
