@@ -153,7 +153,9 @@ def build_model(arch: DemoArchitecture, tokenizer: Any) -> Any:
             bos_token_id=None,
             eos_token_id=stop,
             pad_token_id=end_of_text,
-            tie_word_embeddings=True,
+            # Qwen2-Audio keeps its LM head apart from the embeddings; saying so here lets vLLM, which reads
+            # this flag, load the head instead of tying it (transformers never tied it).
+            tie_word_embeddings=False,
         ),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
