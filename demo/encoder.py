@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from demo.model import HOP_LENGTH, SAMPLE_RATE
+from seen.adapters.qwen2_audio import encoder_attention_mask
 
 WHISPER_ENCODER_PREFIX = "model.encoder."
 
@@ -105,15 +106,12 @@ class EncoderCache:
         self._features = WhisperFeatureExtractor(
             feature_size=full.feature_size, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=seconds
         )
-        self._samples = int(seconds * SAMPLE_RATE)
         # The last few frames of the short window see its edge; a clip has to end before them.
-        self._max_samples = self._samples - 4 * HOP_LENGTH
+        self._max_samples = seconds * SAMPLE_RATE - 4 * HOP_LENGTH
 
     @torch.inference_mode()
     def encode(self, clips: Sequence[np.ndarray], batch_size: int = 32) -> list[torch.Tensor]:
         """Per clip, its (rows, encoder width) output, as the model's audio path gives it (before the projector)."""
-        from transformers.masking_utils import create_bidirectional_mask
-
         too_long = [index for index, clip in enumerate(clips) if clip.size > self._max_samples]
         if too_long:
             raise ValueError(f"clips {too_long[:5]} are longer than the cache window allows ({self._max_samples})")
@@ -123,12 +121,9 @@ class EncoderCache:
             inputs = self._features(
                 part, sampling_rate=SAMPLE_RATE, return_attention_mask=True, padding="max_length", return_tensors="pt"
             )
-            mel_lengths = inputs["attention_mask"].sum(-1)
-            conv_lengths, row_counts = self._tower._get_feat_extract_output_lengths(mel_lengths)
-            positions = self._tower.config.max_source_positions
-            valid = (torch.arange(positions)[None, :] < conv_lengths[:, None]).long()
-            dummy = torch.zeros(len(part), positions, 1)
-            mask = create_bidirectional_mask(config=self._tower.config, inputs_embeds=dummy, attention_mask=valid)
-            states = self._tower(inputs["input_features"], attention_mask=mask).last_hidden_state
+            features, feature_mask = inputs["input_features"], inputs["attention_mask"]
+            _, row_counts = self._tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+            mask = encoder_attention_mask(self._tower.config, features, feature_mask, features.dtype)
+            states = self._tower(features, attention_mask=mask).last_hidden_state
             rows += [state[:count].clone() for state, count in zip(states, row_counts.tolist(), strict=True)]
         return rows

@@ -17,6 +17,21 @@ from seen.adapters.base import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.see import FrameLayout
 
 
+def encoder_attention_mask(
+    tower_config: Any, features: torch.Tensor, feature_mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """The audio tower's attention mask, hiding each clip's padding frames: Qwen2AudioModel.forward builds it
+    inline, and anything that runs the encoder alone needs it too."""
+    valid = Qwen2Audio._valid_frames(feature_mask)
+    window_frames = (features.shape[-1] - 1) // 2 + 1
+    frame_mask = (torch.arange(window_frames, device=valid.device)[None, :] < valid[:, None]).long()
+    return create_bidirectional_mask(
+        config=tower_config,
+        inputs_embeds=torch.zeros(features.shape[0], window_frames, 1, dtype=dtype, device=features.device),
+        attention_mask=frame_mask,
+    )
+
+
 class Qwen2Audio(AudioLM):
     architecture = "Qwen2AudioForConditionalGeneration"
 
@@ -33,17 +48,9 @@ class Qwen2Audio(AudioLM):
         return ModelBatch(inputs, self._layout(inputs["input_features"], inputs["feature_attention_mask"]))
 
     def run_encoder(self, batch: ModelBatch) -> Any:
-        # Qwen2AudioModel.forward builds this attention mask inline; the encoder alone needs it too.
         features = batch.inputs["input_features"]
-        valid = self._valid_frames(batch.inputs["feature_attention_mask"])
-        window_frames = (features.shape[-1] - 1) // 2 + 1
-        frame_mask = (torch.arange(window_frames, device=valid.device)[None, :] < valid[:, None]).long()
         tower: Any = self.model.get_submodule("model.audio_tower")
-        mask = create_bidirectional_mask(
-            config=tower.config,
-            inputs_embeds=torch.zeros(features.shape[0], window_frames, 1, dtype=self.dtype, device=features.device),
-            attention_mask=frame_mask,
-        )
+        mask = encoder_attention_mask(tower.config, features, batch.inputs["feature_attention_mask"], self.dtype)
         return tower(features, attention_mask=mask)
 
     def _audio_embeddings(self, batch: ModelBatch) -> list[torch.Tensor]:
