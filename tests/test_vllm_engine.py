@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -192,7 +193,12 @@ def test_a_later_batch_joins_the_running_one(backends: tuple[ModelBackend, VllmB
     clip = speechlike(1.3, 0)
     started = threading.Event()
     long = GenerateJob(ASK, [clip], control(), sampling=Sampling(max_tokens=400, temperature=1.0, seed=3))
-    long.sink = lambda _delta: started.set()
+
+    def paced(_delta: str) -> None:  # >= 8 s for 400 tokens, however fast the engine: no race with the short one
+        started.set()
+        time.sleep(0.02)
+
+    long.sink = paced
     [long_answer] = served.start_generate([long])
     assert started.wait(60)
     [short_answer] = served.start_generate([GenerateJob(ASK, [clip], control(), sampling=greedy(4))])
