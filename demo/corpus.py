@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 import re
 
 _DEVICES = ("heater", "lights", "fan", "radio", "seat heating", "air conditioning", "defroster", "reading light")
@@ -58,3 +59,19 @@ def is_held_out(sentence: str, share: float = 0.1) -> bool:
     """Whether a sentence is kept out of training (a stable hash, so every run agrees)."""
     digest = int.from_bytes(hashlib.sha256(sentence.encode()).digest()[:4], "big")
     return digest / 2**32 < share
+
+
+def word_strings(vocabulary: list[str], count: int, seed: int, lengths: tuple[int, int] = (2, 8)) -> list[str]:
+    """``count`` random strings of the task's words, none of them a sentence of the task.
+
+    Heard beside the sentences in training, they make the model transcribe what it hears instead of
+    completing a memorized template, which is what answering a held-out sentence needs.
+    """
+    rng = random.Random(seed)
+    known = set(sentences())
+    strings: list[str] = []
+    while len(strings) < count:
+        text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(*lengths)))
+        if text not in known:
+            strings.append(text)
+    return strings

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from demo.corpus import is_held_out, sentences
+from demo.corpus import is_held_out, sentences, word_strings
 from demo.speech import ACCENTS, Voice, split_variants, synthesize
 
 QUESTIONS = ("What did the speaker ask for?", "Transcribe the audio.", "Transcribe the audio exactly, word for word.")
@@ -80,10 +80,16 @@ def sample_pairs(
     return pairs
 
 
-def training_pairs(count: int, seed: int) -> list[tuple[str, Voice]]:
+def training_pairs(count: int, seed: int, word_string_count: int = 0) -> list[tuple[str, Voice]]:
+    """Training voices saying training sentences, then ``word_string_count`` random strings of their words."""
     train_sentences, _ = split_sentences()
     train_variants, _ = split_variants()
-    return sample_pairs(train_sentences, train_variants, count, seed)
+    pairs = sample_pairs(train_sentences, train_variants, count, seed)
+    if word_string_count:
+        vocabulary = sorted({word for sentence in train_sentences for word in sentence.split()})
+        strings = word_strings(vocabulary, word_string_count, seed + 1)
+        pairs += sample_pairs(strings, train_variants, word_string_count, seed + 2)
+    return pairs
 
 
 def held_out_pairs(count: int, seed: int, *, new_sentences: bool = False) -> list[tuple[str, Voice]]:

@@ -3,7 +3,8 @@
 The audio encoder is a converted Whisper encoder (``seen convert``), moved into the Qwen2-Audio tower and
 frozen (:mod:`demo.encoder`); the projector and a small Qwen2 language model learn to answer from its
 output rows, with an auxiliary CTC loss on the projector's output (:mod:`demo.ctc`, dropped from the
-saved checkpoint). Training speech is espeak-ng's, from the training voices and sentences only.
+saved checkpoint). Training speech is espeak-ng's, from the training voices and sentences only, plus
+random strings of those sentences' words (:func:`demo.corpus.word_strings`).
 
 Since the encoder is frozen, each clip's rows are computed once (:class:`demo.encoder.EncoderCache`):
 every clip clean, and a share of them again under light white, pink or brown noise at high SNR (30 to
@@ -11,7 +12,7 @@ every clip clean, and a share of them again under light white, pink or brown noi
 every SNR below 30 dB and every other noise type (babble, engine, wind) stay unseen, so the model degrades
 under noise the way real audio-language models do.
 
-The default recipe takes about 30 minutes on 2 CPU cores (synthesis, encoding, training, the held-out
+The default recipe takes about 45 minutes on 2 CPU cores (synthesis, encoding, training, the held-out
 report) and writes the checkpoint in float16 (it loads to float32 for CPU serving), its processor and
 ``training.json`` (recipe, the encoder's provenance, timing, held-out accuracy).
 """
@@ -47,10 +48,12 @@ class Recipe:
 
     seed: int = 0
     clips: int = 8000
+    word_strings: int = 2000
+    """Extra clips of random strings of the training sentences' words (:func:`demo.corpus.word_strings`)."""
     noisy_clips: int = 3000
     """Clips also encoded under light noise."""
     batch_size: int = 16
-    steps: int = 3000
+    steps: int = 3500
     lr: float = 2e-3
     warmup_steps: int = 100
     noisy_share: float = 0.3
@@ -63,7 +66,7 @@ class Recipe:
     test_clips: int = 100
 
 
-SMOKE = Recipe(clips=24, noisy_clips=8, batch_size=4, steps=4, warmup_steps=1, test_clips=4)
+SMOKE = Recipe(clips=24, word_strings=4, noisy_clips=8, batch_size=4, steps=4, warmup_steps=1, test_clips=4)
 """A few steps of everything, for the test suite."""
 
 
@@ -193,7 +196,7 @@ def held_out_report(model_dir: Path, recipe: Recipe) -> dict[str, Any]:
 def _encode(model: Any, processor: Any, recipe: Recipe, rng: random.Random) -> tuple[list[Heard], list[Heard], float]:
     """Synthesize the training clips and cache the frozen encoder's rows: all clean, a share noisy too."""
     started = time.perf_counter()
-    examples = speak(training_pairs(recipe.clips, recipe.seed), SPOKEN_SECONDS)
+    examples = speak(training_pairs(recipe.clips, recipe.seed, recipe.word_strings), SPOKEN_SECONDS)
     synthesis_seconds = time.perf_counter() - started
     cache = EncoderCache(model, processor, math.ceil(SPOKEN_SECONDS + recipe.max_shift_seconds) + 1)
     audio = [_shift(example.audio, recipe, rng) for example in examples]

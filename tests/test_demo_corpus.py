@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from demo.corpus import content_words, is_held_out, sentences
+from demo.data import split_sentences, training_pairs
 
 
 def test_the_task_is_large_and_compositional() -> None:
@@ -16,3 +17,14 @@ def test_some_sentences_are_never_trained_on() -> None:
     held = [text for text in sentences() if is_held_out(text)]
     assert 10 <= len(held) <= 40
     assert held == [text for text in sentences() if is_held_out(text)]  # stable across calls
+
+
+def test_training_hears_word_strings_but_never_a_held_out_sentence() -> None:
+    train_sentences, held = split_sentences()
+    pairs = training_pairs(40, seed=0, word_string_count=200)
+    spoken = [sentence for sentence, _voice in pairs]
+    strings = spoken[40:]
+    assert len(strings) == 200 and not set(strings) & set(sentences())
+    assert {word for text in strings for word in text.split()} <= {w for s in train_sentences for w in s.split()}
+    assert not set(spoken) & set(held)
+    assert strings == [s for s, _ in training_pairs(40, seed=0, word_string_count=200)][40:]  # reproducible
