@@ -49,7 +49,10 @@ class Recipe:
     seed: int = 0
     clips: int = 8000
     word_strings: int = 2000
-    """Extra clips of random strings of the training sentences' words (:func:`demo.corpus.word_strings`)."""
+    """Extra clips of random strings of the training sentences' words (:func:`demo.corpus.word_strings`).
+
+    More is not better: 3000 of them with 4000 steps lowered held-out voices from 0.99 to 0.95 and unseen
+    sentences from 0.95 to 0.93 (training report, 100 clips each)."""
     noisy_clips: int = 3000
     """Clips also encoded under light noise."""
     batch_size: int = 16
