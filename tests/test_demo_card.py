@@ -1,0 +1,34 @@
+"""The demo model card says what was measured: it is rendered from the committed measurements, and nothing else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
+from demo.card import render
+from seen.bundle import NoiseBundle
+
+
+def _committed() -> tuple[dict[str, Any], dict[str, Any]]:
+    training = json.loads((DEMO_MODEL_DIR / "training.json").read_text())
+    measured = json.loads((DEMO_MODEL_DIR / "evaluation.json").read_text())
+    return training, measured
+
+
+def test_the_committed_card_is_the_rendering_of_the_committed_measurements() -> None:
+    training, measured = _committed()
+    card = render(training, measured, NoiseBundle.load(DEMO_BUNDLE_DIR))
+    assert (DEMO_MODEL_DIR / "README.md").read_text() == card
+
+
+def test_the_card_follows_its_measurements() -> None:
+    training, measured = _committed()
+    measured["clean_new_sentences"] = {"exact_match": 0.5, "wer": 0.25, "count": 123}
+    measured["noise"]["white"]["0"]["exact_match"] = 0.07
+    card = render(training, measured, NoiseBundle.load(DEMO_BUNDLE_DIR))
+    assert "sentences never heard in training: exact match **0.500**, WER 0.250" in card
+    assert "(123 for the sentences never heard in training" in card
+    white_row = next(line for line in card.splitlines() if line.startswith("| white |"))
+    assert " 0.07 |" in white_row
+    assert f"- `steps`: {training['recipe']['steps']}" in card
