@@ -66,6 +66,9 @@ class Recipe:
     max_shift_seconds: float = 0.5
     no_audio_share: float = 0.04
     ctc_weight: float = 0.3
+    """Raising it to 1.0, with the saved weights an exponential moving average of the trained ones (decay
+    0.998), did worse: unseen sentences 0.94 (training report, 100 clips) and 0.935 on 200 more, against
+    0.95 and 0.955 for this recipe on the same clips, and training took 51.5 minutes instead of 41.3."""
     test_clips: int = 100
 
 
