@@ -18,6 +18,7 @@ from seen.adapters import AudioLM, Clip, Message, ModelBatch, SpeechTask
 from seen.bundle import NoiseBundle
 from seen.hooks import SiteKind
 from seen.patch import SeeMeasurement, SeenPatch, SeeReadout
+from seen.see import FrameLayout
 
 CALIBRATION_PROMPT = "Transcribe the audio."
 """Text that accompanies each clip when a decoder site needs a prompt around the audio."""
@@ -126,10 +127,13 @@ class PatchedModel:
         if not calls.complete:
             raise RuntimeError("the critical encoder layers were not all called in the recorded forward")
         modules = [self.lm.model.get_submodule(path) for path in calls.paths]
-        with self.patch.score(batch.layout(self.bundle.site)) as readout:
-            hidden = calls.first_input()
+        layout, hidden = batch.layout(self.bundle.site), calls.first_input()
+        rows = calls.attended_rows(layout, hidden)
+        if rows is not None:
+            layout, hidden = layout.first_frames(rows, hidden.shape[1]), hidden[:, :rows]
+        with self.patch.score(layout) as readout:
             for module, (args, kwargs) in zip(modules, calls.calls, strict=True):
-                args, kwargs = calls.with_hidden(args, kwargs, hidden)
+                args, kwargs = calls.with_hidden(args, kwargs, hidden, cut_mask=rows is not None)
                 output = module(*args, **kwargs)  # the patch stops it after the last critical site
                 hidden = output[0] if isinstance(output, tuple) else output
         return readout.report()
@@ -178,11 +182,50 @@ class CriticalLayerCalls:
         args, kwargs = self.calls[0]
         return args[0] if args else kwargs["hidden_states"]
 
+    def attended_rows(self, layout: FrameLayout, hidden: torch.Tensor) -> int | None:
+        """How many leading rows a replay needs, when fewer than all: up to the batch's last valid frame.
+
+        That holds when the recorded attention mask keeps every later row out of the valid rows' attention
+        (Qwen2-Audio masks its window's padding, in transformers and in vLLM): the valid rows' activations
+        are then the same without the padding, and a short request in a 30 s window replays a tenth of it.
+        Whisper attends to its padding (no mask): None, every row. Called once per replay, off the hooks,
+        so its host synchronisation costs nothing on the hot path.
+        """
+        mask = self._mask(*self.calls[0])
+        if hidden.dim() != 3:  # packed frames (Qwen2.5-Omni): nothing padded to cut
+            return None
+        clips, total = hidden.shape[0], hidden.shape[1]
+        if mask is None or mask.dim() != 4 or mask.shape[-2:] != (total, total) or layout.n_clips != clips:
+            return None
+        if layout.n_frames != clips * total:
+            return None
+        attended = (layout.padded_rows(total) >= 0).any(0).nonzero()
+        rows = int(attended.max()) + 1 if attended.numel() else 1
+        if rows == total:
+            return None
+        hidden_keys = mask[..., :rows, rows:]
+        blocked = ~hidden_keys if hidden_keys.dtype == torch.bool else hidden_keys <= torch.finfo(mask.dtype).min / 2
+        return rows if bool(blocked.all()) else None
+
+    @staticmethod
+    def _mask(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+        return mask if isinstance(mask, torch.Tensor) else None
+
     @staticmethod
     def with_hidden(
-        args: tuple[Any, ...], kwargs: dict[str, Any], hidden: torch.Tensor
+        args: tuple[Any, ...], kwargs: dict[str, Any], hidden: torch.Tensor, cut_mask: bool = False
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """A recorded call's arguments with other hidden states in place of the recorded ones."""
+        """A recorded call's arguments with other hidden states in place of the recorded ones; ``cut_mask``: they
+        are the first rows only (:meth:`attended_rows`), and the attention mask is cut to them."""
+        mask = CriticalLayerCalls._mask(args, kwargs)
+        if cut_mask and mask is not None:
+            rows = hidden.shape[1]
+            mask = mask[..., :rows, :rows]
+            if len(args) > 1:
+                args = (args[0], mask, *args[2:])
+            else:
+                kwargs = {**kwargs, "attention_mask": mask}
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}

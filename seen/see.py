@@ -51,6 +51,14 @@ class FrameLayout:
         valid = positions[None, :] < valid_frames[:, None]
         return FrameLayout(torch.where(valid, clip, -1).reshape(-1), n_clips)
 
+    def padded_rows(self, total_frames: int) -> torch.Tensor:
+        """A padded layout's membership as (clips, total_frames)."""
+        return self.frame_clip.view(self.n_clips, total_frames)
+
+    def first_frames(self, frames: int, total_frames: int) -> FrameLayout:
+        """The layout of each clip's first ``frames`` frames, from a padded layout of ``total_frames`` each."""
+        return FrameLayout(self.padded_rows(total_frames)[:, :frames].reshape(-1), self.n_clips)
+
     @staticmethod
     def packed(frames_per_clip: torch.Tensor) -> FrameLayout:
         """Layout of a (sum of frames, D) tensor holding the clips one after another."""

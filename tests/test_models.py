@@ -208,6 +208,32 @@ def test_replaying_the_critical_layers_gives_the_papers_see_of_an_edited_forward
 
 
 @torch.inference_mode()
+def test_the_replay_runs_only_the_rows_the_valid_frames_attend_to(any_lm: AudioLM) -> None:
+    """Qwen2-Audio masks its window's padding, so the replay cuts it and still gives the paper's SEE; a model
+    whose valid frames attend to the padding (or that packs its frames) replays them all."""
+    model = _two_layer_model(any_lm, SiteKind.ENCODER_RESIDUAL)
+    batch = model.chat_batch([[MESSAGE]] * 3, _clips())
+    exact = model.score_batch(batch)
+    with model.patch.installed():
+        with model.recording_critical_layers() as calls:
+            any_lm.model(**batch.inputs)
+        recorded = calls.first_input().shape
+        replayed_shapes: list[torch.Size] = []
+        first = any_lm.model.get_submodule(calls.paths[0])
+        handle = first.register_forward_pre_hook(lambda _m, args: replayed_shapes.append(args[0].shape))
+        try:
+            replayed = model.replay(batch, calls)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(replayed.per_layer, exact.per_layer, rtol=1e-5, atol=1e-6)
+    if any_lm.architecture == "Qwen2AudioForConditionalGeneration":
+        valid = (batch.encoder_layout.frame_clip.view(3, recorded[1]) >= 0).sum(-1)
+        assert replayed_shapes == [torch.Size([3, int(valid.max()), recorded[2]])] and valid.max() < recorded[1]
+    else:
+        assert replayed_shapes == [recorded]
+
+
+@torch.inference_mode()
 def test_a_bundle_hooks_its_layers_wherever_this_transformers_keeps_them(any_lm: AudioLM) -> None:
     """The site and layers are a bundle's identity; its stored paths are where they were at calibration (module
     layouts moved between transformers versions), so a bundle written under another layout scores the same."""
