@@ -191,13 +191,12 @@ class CriticalLayerCalls:
         Whisper attends to its padding (no mask): None, every row. Called once per replay, off the hooks,
         so its host synchronisation costs nothing on the hot path.
         """
-        mask = self._mask(*self.calls[0])
         if hidden.dim() != 3:  # packed frames (Qwen2.5-Omni): nothing padded to cut
             return None
         clips, total = hidden.shape[0], hidden.shape[1]
-        if mask is None or mask.dim() != 4 or mask.shape[-2:] != (total, total) or layout.n_clips != clips:
-            return None
-        if layout.n_frames != clips * total:
+        mask = self._mask(*self.calls[0])
+        padded = layout.n_clips == clips and layout.n_frames == clips * total
+        if mask is None or mask.dim() != 4 or mask.shape[-2:] != (total, total) or not padded:
             return None
         attended = (layout.padded_rows(total) >= 0).any(0).nonzero()
         rows = int(attended.max()) + 1 if attended.numel() else 1

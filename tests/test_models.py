@@ -227,7 +227,7 @@ def test_the_replay_runs_only_the_rows_the_valid_frames_attend_to(any_lm: AudioL
             handle.remove()
     torch.testing.assert_close(replayed.per_layer, exact.per_layer, rtol=1e-5, atol=1e-6)
     if any_lm.architecture == "Qwen2AudioForConditionalGeneration":
-        valid = (batch.encoder_layout.frame_clip.view(3, recorded[1]) >= 0).sum(-1)
+        valid = (batch.encoder_layout.padded_rows(recorded[1]) >= 0).sum(-1)
         assert replayed_shapes == [torch.Size([3, int(valid.max()), recorded[2]])] and valid.max() < recorded[1]
     else:
         assert replayed_shapes == [recorded]
