@@ -22,6 +22,7 @@ from demo.data import NO_AUDIO_ANSWER, SPOKEN_SECONDS, held_out_pairs, speak
 from demo.encoder import EncoderCache, read_whisper_encoder, transplant_whisper_encoder
 from demo.evaluate import answer, noisy
 from demo.model import DemoArchitecture, build_model, build_processor
+from demo.train import Heard, training_batch
 from demo.train import main as train_main
 from seen.adapters import AudioLM, load_audio_lm
 from seen.audio import load_audio_file, split_into_windows
@@ -198,6 +199,28 @@ def test_the_encoder_cache_gives_the_rows_of_the_models_own_audio_path(tiny_whis
     assert [len(rows) for rows in cached] == audio_tokens  # one row per audio token the processor expands
     for clip_rows, full in zip(cached, states[0], strict=True):
         torch.testing.assert_close(clip_rows, full[: len(clip_rows)], atol=1e-4, rtol=1e-4)
+
+
+def test_token_noise_corrupts_only_the_answers_input_tokens(tiny_whisper_dir: Path) -> None:
+    """The labels stay the true answer and the prompt stays intact; only answer inputs become letters."""
+    encoder = read_whisper_encoder(tiny_whisper_dir)
+    arch = replace(DemoArchitecture(), **encoder.dims, text_layers=1)
+    processor = build_processor(arch)
+    model = build_model(arch, processor.tokenizer).eval()
+    rows = Heard(torch.randn(5, arch.encoder_dim), "turn on the radio")
+    batch = ([rows, None], ["What did the speaker ask for?"] * 2, ["turn on the radio", NO_AUDIO_ANSWER])
+    embed = model.get_input_embeddings()
+    with torch.inference_mode():
+        clean, _, _ = training_batch(model, processor, *batch)
+        noisy_, _, _ = training_batch(model, processor, *batch, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(clean["labels"], noisy_["labels"])
+    answer_positions = clean["labels"] != -100
+    changed = (clean["inputs_embeds"] != noisy_["inputs_embeds"]).any(-1)
+    assert not (changed & ~answer_positions).any()
+    assert 0.2 < changed[answer_positions].float().mean() < 0.6
+    letters = embed(torch.tensor(list(b"abcdefghijklmnopqrstuvwxyz ")))
+    for row, position in changed.nonzero().tolist():
+        assert (noisy_["inputs_embeds"][row, position] == letters).all(-1).any()
 
 
 async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
