@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.stats import binomtest
 from tqdm import tqdm
 
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
@@ -157,6 +158,13 @@ def _librispeech_lines(measured: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _exact_match(figures: dict[str, Any]) -> str:
+    """The exact-match rate with its 95 % Wilson interval: at a few hundred clips a point is not a figure."""
+    count = figures["count"]
+    low, high = binomtest(round(figures["exact_match"] * count), count).proportion_ci(method="wilson")
+    return f"**{figures['exact_match']:.3f}** (95 % interval {low:.3f} to {high:.3f}, {count} clips)"
+
+
 def render(training: dict[str, Any], measured: dict[str, Any], bundle: NoiseBundle) -> str:
     recipe, arch = training["recipe"], training["architecture"]
     clean, new = measured["clean"], measured["clean_new_sentences"]
@@ -179,9 +187,9 @@ def render(training: dict[str, Any], measured: dict[str, Any], bundle: NoiseBund
         training_minutes=f"{training['training_seconds'] / 60:.1f}",
         threads=training["torch_threads"],
         clips=measured["clips"],
-        clean_exact=f"{clean['exact_match']:.3f}",
+        clean_exact=_exact_match(clean),
         clean_wer=f"{clean['wer']:.3f}",
-        new_exact=f"{new['exact_match']:.3f}",
+        new_exact=_exact_match(new),
         new_wer=f"{new['wer']:.3f}",
         new_clips=new["count"],
         accuracy_table="\n".join(_table(measured, "exact_match", 2)),

@@ -24,11 +24,14 @@ def test_the_committed_card_is_the_rendering_of_the_committed_measurements() -> 
 
 def test_the_card_follows_its_measurements() -> None:
     training, measured = _committed()
-    measured["clean_new_sentences"] = {"exact_match": 0.5, "wer": 0.25, "count": 123}
+    measured["clean_new_sentences"] = {"exact_match": 0.5, "wer": 0.25, "count": 124}
     measured["noise"]["white"]["0"]["exact_match"] = 0.07
     card = render(training, measured, NoiseBundle.load(DEMO_BUNDLE_DIR))
-    assert "sentences never heard in training: exact match **0.500**, WER 0.250" in card
-    assert "(123 for the sentences never heard in training:" in card
+    assert (
+        "sentences never heard in training: exact match **0.500** (95 % interval 0.413 to 0.587, 124 clips), WER 0.250"
+        in card
+    )
+    assert "(124 for the sentences never heard in training:" in card
     white_row = next(line for line in card.splitlines() if line.startswith("| white |"))
     assert " 0.07 |" in white_row
     assert f"- `steps`: {training['recipe']['steps']}" in card
