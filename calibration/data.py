@@ -26,14 +26,17 @@ def calibration_segments(clip: Clip, sample_rate: int, window_seconds: float) ->
 
 
 def load_clip_set(name: str, folder: str | Path, sample_rate: int, window_seconds: float) -> ClipSet:
-    """All audio files below ``folder`` as clips at ``sample_rate``, with a fingerprint of their bytes."""
+    """All audio files below ``folder`` as clips at ``sample_rate``, with a fingerprint of what they sound like.
+
+    The fingerprint hashes the decoded samples, not the file bytes: a float WAV written by libsndfile carries
+    a timestamped PEAK chunk, so the same audio written twice would otherwise fingerprint differently.
+    """
     root = Path(folder)
     files = list_audio_files(root)
     digest = hashlib.sha256()
     clips: list[Clip] = []
     for path in files:
-        data = path.read_bytes()
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + hashlib.sha256(data).digest())
-        clip = decode_audio(data, sample_rate, format=path.suffix)
+        clip = decode_audio(path.read_bytes(), sample_rate, format=path.suffix)
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + hashlib.sha256(clip.tobytes()).digest())
         clips.extend(calibration_segments(clip, sample_rate, window_seconds))
     return ClipSet(name=name, clips=clips, fingerprint=f"sha256:{digest.hexdigest()[:16]}:{len(files)}files")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,18 @@ def test_long_clips_are_split_not_truncated(tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", clip, 16000)
     loaded = load_clip_set("clean", tmp_path, 16000, 5.0)
     assert len(loaded.clips) == 3 and loaded.fingerprint.endswith(":1files")
+
+
+def test_the_clip_fingerprint_is_of_the_audio_not_the_file(tmp_path: Path) -> None:
+    """libsndfile stamps float WAVs with the time they were written: the same audio must fingerprint alike."""
+    clip = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    for folder, gain in (("a", 1.0), ("b", 1.0), ("c", 2.0)):
+        (tmp_path / folder).mkdir()
+        time.sleep(1.1)  # a later second in each file's PEAK chunk
+        sf.write(tmp_path / folder / "x.wav", clip * gain, 16000, subtype="FLOAT")
+    assert (tmp_path / "a" / "x.wav").read_bytes() != (tmp_path / "b" / "x.wav").read_bytes()
+    first, again, louder = (load_clip_set("clean", tmp_path / f, 16000, 5.0).fingerprint for f in "abc")
+    assert first == again != louder
 
 
 @pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"LibriSpeech clips not found at {LIBRISPEECH}")
