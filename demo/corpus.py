@@ -75,3 +75,26 @@ def word_strings(vocabulary: list[str], count: int, seed: int, lengths: tuple[in
         if text not in known:
             strings.append(text)
     return strings
+
+
+def swapped_sentences(base: list[str], count: int, seed: int) -> list[str]:
+    """``count`` sentences of ``base`` with one content word (sometimes two) replaced by another of
+    ``base``'s content words, none of them a sentence of the task.
+
+    A held-out sentence is a familiar frame around a filler never heard in it ("find a hotel nearby");
+    these keep the frames and change the fillers, so the model learns that a frame's words are heard, not
+    predicted.
+    """
+    rng = random.Random(seed)
+    vocabulary = sorted(content_words(base))
+    known = set(sentences())
+    swapped: list[str] = []
+    while len(swapped) < count:
+        words = rng.choice(base).split()
+        fillers = [position for position, word in enumerate(words) if word in vocabulary]
+        for position in rng.sample(fillers, min(len(fillers), 1 if rng.random() < 0.7 else 2)):
+            words[position] = rng.choice([word for word in vocabulary if word != words[position]])
+        text = " ".join(words)
+        if text not in known:
+            swapped.append(text)
+    return swapped

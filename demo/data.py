@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from demo.corpus import is_held_out, sentences, word_strings
+from demo.corpus import is_held_out, sentences, swapped_sentences, word_strings
 from demo.speech import ACCENTS, Voice, split_variants, synthesize
 
 QUESTIONS = ("What did the speaker ask for?", "Transcribe the audio.", "Transcribe the audio exactly, word for word.")
@@ -80,15 +80,21 @@ def sample_pairs(
     return pairs
 
 
-def training_pairs(count: int, seed: int, word_string_count: int = 0) -> list[tuple[str, Voice]]:
-    """Training voices saying training sentences, then ``word_string_count`` random strings of their words."""
+def training_pairs(
+    count: int, seed: int, word_string_count: int = 0, swapped_count: int = 0
+) -> list[tuple[str, Voice]]:
+    """Training voices saying training sentences, then ``word_string_count`` random strings of their words,
+    then ``swapped_count`` of them with words swapped (:func:`demo.corpus.swapped_sentences`)."""
     train_sentences, _ = split_sentences()
     train_variants, _ = split_variants()
     pairs = sample_pairs(train_sentences, train_variants, count, seed)
+    vocabulary = sorted({word for sentence in train_sentences for word in sentence.split()})
     if word_string_count:
-        vocabulary = sorted({word for sentence in train_sentences for word in sentence.split()})
         strings = word_strings(vocabulary, word_string_count, seed + 1)
         pairs += sample_pairs(strings, train_variants, word_string_count, seed + 2)
+    if swapped_count:
+        swapped = swapped_sentences(train_sentences, swapped_count, seed + 3)
+        pairs += sample_pairs(swapped, train_variants, swapped_count, seed + 4)
     return pairs
 
 

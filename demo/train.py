@@ -53,6 +53,8 @@ class Recipe:
 
     More is not better: 3000 of them with 4000 steps lowered held-out voices from 0.99 to 0.95 and unseen
     sentences from 0.95 to 0.93 (training report, 100 clips each)."""
+    swapped_sentences: int = 0
+    """Extra clips of training sentences with one or two words swapped (:func:`demo.corpus.swapped_sentences`)."""
     noisy_clips: int = 3000
     """Clips also encoded under light noise."""
     batch_size: int = 16
@@ -224,7 +226,9 @@ def held_out_report(model_dir: Path, recipe: Recipe) -> dict[str, Any]:
 def _encode(model: Any, processor: Any, recipe: Recipe, rng: random.Random) -> tuple[list[Heard], list[Heard], float]:
     """Synthesize the training clips and cache the frozen encoder's rows: all clean, a share noisy too."""
     started = time.perf_counter()
-    examples = speak(training_pairs(recipe.clips, recipe.seed, recipe.word_strings), SPOKEN_SECONDS)
+    examples = speak(
+        training_pairs(recipe.clips, recipe.seed, recipe.word_strings, recipe.swapped_sentences), SPOKEN_SECONDS
+    )
     synthesis_seconds = time.perf_counter() - started
     cache = EncoderCache(model, processor, math.ceil(SPOKEN_SECONDS + recipe.max_shift_seconds) + 1)
     audio = [_shift(example.audio, recipe, rng) for example in examples]

@@ -28,3 +28,18 @@ def test_training_hears_word_strings_but_never_a_held_out_sentence() -> None:
     assert {word for text in strings for word in text.split()} <= {w for s in train_sentences for w in s.split()}
     assert not set(spoken) & set(held)
     assert strings == [s for s, _ in training_pairs(40, seed=0, word_string_count=200)][40:]  # reproducible
+
+
+def test_swapped_sentences_keep_a_training_frame_and_change_its_fillers() -> None:
+    train_sentences, _ = split_sentences()
+    pairs = training_pairs(40, seed=0, word_string_count=10, swapped_count=200)
+    swapped = [sentence for sentence, _voice in pairs][50:]
+    assert len(swapped) == 200 and not set(swapped) & set(sentences())
+    fillers = content_words(train_sentences)
+    for text in swapped:
+        frames = [s.split() for s in train_sentences if len(s.split()) == len(text.split())]
+        frame = min(frames, key=lambda words: sum(a != b for a, b in zip(words, text.split(), strict=True)))
+        swapped_in = [new for old, new in zip(frame, text.split(), strict=True) if old != new]
+        assert 1 <= len(swapped_in) <= 2, text  # one or two words away from a training sentence
+        assert set(swapped_in) <= fillers, text  # fillers swapped for fillers, never "the" or "to"
+    assert swapped == [s for s, _ in training_pairs(40, seed=0, word_string_count=10, swapped_count=200)][50:]
