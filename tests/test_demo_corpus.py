@@ -38,8 +38,7 @@ def test_swapped_sentences_keep_a_training_frame_and_change_its_fillers() -> Non
     fillers = content_words(train_sentences)
     for text in swapped:
         frames = [s.split() for s in train_sentences if len(s.split()) == len(text.split())]
-        frame = min(frames, key=lambda words: sum(a != b for a, b in zip(words, text.split(), strict=True)))
-        swapped_in = [new for old, new in zip(frame, text.split(), strict=True) if old != new]
-        assert 1 <= len(swapped_in) <= 2, text  # one or two words away from a training sentence
-        assert set(swapped_in) <= fillers, text  # fillers swapped for fillers, never "the" or "to"
+        swaps = [[(old, new) for old, new in zip(frame, text.split(), strict=True) if old != new] for frame in frames]
+        # One or two fillers away from a training sentence, swapped for fillers, never "the" or "on".
+        assert any(1 <= len(swap) <= 2 and {w for pair in swap for w in pair} <= fillers for swap in swaps), text
     assert swapped == [s for s, _ in training_pairs(40, seed=0, word_string_count=10, swapped_count=200)][50:]
