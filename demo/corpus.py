@@ -86,12 +86,13 @@ def swapped_sentences(base: list[str], count: int, seed: int) -> list[str]:
     predicted.
     """
     rng = random.Random(seed)
-    vocabulary = sorted(content_words(base))
+    content = content_words(base)
+    vocabulary = sorted(content)
     known = set(sentences())
     swapped: list[str] = []
     while len(swapped) < count:
         words = rng.choice(base).split()
-        fillers = [position for position, word in enumerate(words) if word in vocabulary]
+        fillers = [position for position, word in enumerate(words) if word in content]
         for position in rng.sample(fillers, min(len(fillers), 1 if rng.random() < 0.7 else 2)):
             words[position] = rng.choice([word for word in vocabulary if word != words[position]])
         text = " ".join(words)

@@ -88,8 +88,8 @@ def training_pairs(
     train_sentences, _ = split_sentences()
     train_variants, _ = split_variants()
     pairs = sample_pairs(train_sentences, train_variants, count, seed)
-    vocabulary = sorted({word for sentence in train_sentences for word in sentence.split()})
     if word_string_count:
+        vocabulary = sorted({word for sentence in train_sentences for word in sentence.split()})
         strings = word_strings(vocabulary, word_string_count, seed + 1)
         pairs += sample_pairs(strings, train_variants, word_string_count, seed + 2)
     if swapped_count:
