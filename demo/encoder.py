@@ -1,4 +1,5 @@
-"""The demo's audio encoder: a converted Whisper encoder, moved into the Qwen2-Audio tower and frozen.
+"""The demo's audio encoder: a converted Whisper encoder, moved into the Qwen2-Audio tower and frozen
+(or, at most, its top layer's feed-forward block lightly tuned).
 
 Qwen2-Audio's audio encoder is Whisper's with an average pool before its last layer norm, under the same
 module names, so a Whisper encoder's tensors load into it one to one (:func:`transplant_whisper_encoder`).
@@ -7,7 +8,9 @@ Frozen, the encoder's output for a training clip never changes, so training comp
 (:class:`EncoderCache`) instead of once per step. It does so on a short window: the model pads every clip
 to 30 s and masks the padding out of the encoder's attention, so the rows of a clip that fits the short
 window are the ones the full window gives (``tests/test_demo_model.py`` checks this against the model's own
-audio path), at a fraction of the cost.
+audio path), at a fraction of the cost. When the top layer's feed-forward block learns, the cache stops
+just before it (:func:`top_feed_forward` finishes the tower per step): everything below it, attention
+included, stays frozen and cached.
 """
 
 from __future__ import annotations
@@ -83,10 +86,37 @@ def transplant_whisper_encoder(model: Any, encoder: WhisperEncoder) -> None:
     tower.eval()
 
 
-class EncoderCache:
-    """The frozen tower's output rows for clips of at most ``seconds``, computed on a window of that length."""
+def unfreeze_top_feed_forward(model: Any) -> list[torch.nn.Parameter]:
+    """Let the top encoder layer's feed-forward block (with its layer norm) and the tower's last layer norm
+    learn; the parameters that now do."""
+    tower = model.get_submodule("model.audio_tower")
+    top = tower.layers[-1]
+    modules = (top.final_layer_norm, top.fc1, top.fc2, tower.layer_norm)
+    parameters = [parameter for module in modules for parameter in module.parameters()]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    return parameters
 
-    def __init__(self, model: Any, processor: Any, seconds: int) -> None:
+
+def top_feed_forward(model: Any, states: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower's work after the cache's stop point (``before_top_feed_forward``): the top layer's
+    feed-forward block, the average pool and the last layer norm. Takes (clips x positions x width) and each
+    clip's valid positions; gives the rows and each clip's row count (what the tower's output would hold)."""
+    tower = model.get_submodule("model.audio_tower")
+    top = tower.layers[-1]
+    hidden = states + top.fc2(top.activation_fn(top.fc1(top.final_layer_norm(states))))
+    pooled = tower.avg_pooler(hidden.transpose(1, 2)).transpose(1, 2)
+    return tower.layer_norm(pooled), positions // 2
+
+
+class EncoderCache:
+    """The frozen tower's output rows for clips of at most ``seconds``, computed on a window of that length.
+
+    With ``before_top_feed_forward`` it gives instead the top layer's input to its feed-forward block,
+    one state per position (two per output row), for :func:`top_feed_forward` to finish.
+    """
+
+    def __init__(self, model: Any, processor: Any, seconds: int, *, before_top_feed_forward: bool = False) -> None:
         from transformers import WhisperFeatureExtractor
         from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
@@ -102,6 +132,12 @@ class EncoderCache:
         state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
         self._tower.load_state_dict(state)
         self._tower.requires_grad_(False).eval()
+        self._before_top_feed_forward = before_top_feed_forward
+        self._captured: list[torch.Tensor] = []
+        if before_top_feed_forward:
+            self._tower.layers[-1].final_layer_norm.register_forward_pre_hook(
+                lambda _module, args: self._captured.append(args[0])
+            )
         full = processor.feature_extractor
         self._features = WhisperFeatureExtractor(
             feature_size=full.feature_size, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=seconds
@@ -111,7 +147,8 @@ class EncoderCache:
 
     @torch.inference_mode()
     def encode(self, clips: Sequence[np.ndarray], batch_size: int = 32) -> list[torch.Tensor]:
-        """Per clip, its (rows, encoder width) output, as the model's audio path gives it (before the projector)."""
+        """Per clip, its (rows, encoder width) output, as the model's audio path gives it (before the projector),
+        or its (positions, encoder width) states before the top feed-forward block."""
         too_long = [index for index, clip in enumerate(clips) if clip.size > self._max_samples]
         if too_long:
             raise ValueError(f"clips {too_long[:5]} are longer than the cache window allows ({self._max_samples})")
@@ -122,8 +159,10 @@ class EncoderCache:
                 part, sampling_rate=SAMPLE_RATE, return_attention_mask=True, padding="max_length", return_tensors="pt"
             )
             features, feature_mask = inputs["input_features"], inputs["attention_mask"]
-            _, row_counts = self._tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+            positions, row_counts = self._tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
             mask = encoder_attention_mask(self._tower.config, features, feature_mask, features.dtype)
-            states = self._tower(features, attention_mask=mask).last_hidden_state
-            rows += [state[:count].clone() for state, count in zip(states, row_counts.tolist(), strict=True)]
+            states, counts = self._tower(features, attention_mask=mask).last_hidden_state, row_counts
+            if self._before_top_feed_forward:
+                states, counts = self._captured.pop(), positions
+            rows += [state[:count].clone() for state, count in zip(states, counts.tolist(), strict=True)]
         return rows

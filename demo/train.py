@@ -35,7 +35,13 @@ from tqdm import tqdm
 
 from demo.ctc import LetterCtc
 from demo.data import NO_AUDIO_ANSWER, QUESTIONS, SPOKEN_SECONDS, held_out_pairs, speak, training_pairs
-from demo.encoder import EncoderCache, read_whisper_encoder, transplant_whisper_encoder
+from demo.encoder import (
+    EncoderCache,
+    read_whisper_encoder,
+    top_feed_forward,
+    transplant_whisper_encoder,
+    unfreeze_top_feed_forward,
+)
 from demo.evaluate import answer, noisy, score
 from demo.model import DemoArchitecture, build_model, build_processor
 from seen.adapters import load_audio_lm
@@ -86,6 +92,11 @@ class Recipe:
     """Raising it to 1.0, with the saved weights an exponential moving average of the trained ones (decay
     0.998), did worse: unseen sentences 0.94 (training report, 100 clips) and 0.935 on 200 more, against
     0.95 and 0.955 for this recipe on the same clips, and training took 51.5 minutes instead of 41.3."""
+    tune_top_feed_forward: bool = False
+    """Whether the top encoder layer's feed-forward block (and the tower's last layer norm) learns too, at
+    ``encoder_lr``; the cache then stops before it and each step finishes the tower
+    (:func:`demo.encoder.top_feed_forward`)."""
+    encoder_lr: float = 2e-4
     test_clips: int = 100
 
 
@@ -95,7 +106,8 @@ SMOKE = Recipe(clips=24, word_strings=4, noisy_clips=8, batch_size=4, steps=4, w
 
 @dataclass(frozen=True)
 class Heard:
-    """A training clip as the language model sees it: the encoder's rows, and the sentence spoken."""
+    """A training clip as the language model sees it: the encoder's rows (or its states before the top
+    feed-forward block, when that learns), and the sentence spoken."""
 
     rows: torch.Tensor
     sentence: str
@@ -116,14 +128,24 @@ _ANSWER_ALPHABET = torch.tensor(list(b"abcdefghijklmnopqrstuvwxyz "))
 
 def training_batch(
     model: Any, processor: Any, heard: Sequence[Heard | None], questions: Sequence[str], answers: Sequence[str],
-    token_noise: float = 0.0, generator: torch.Generator | None = None,
+    token_noise: float = 0.0, generator: torch.Generator | None = None, finish_tower: bool = False,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:  # fmt: skip
     """Model inputs for whole conversations (labels on the answer and its end-of-turn only), the projected
     audio rows (clips x rows x width, or None) and each clip's row count.
 
     The processor's own expansion: one ``<|AUDIO|>`` per audio row, each replaced by its projected row.
     ``token_noise`` replaces that share of the answer's input tokens by random letters (labels unchanged).
+    ``finish_tower``: the clips hold states before the top feed-forward block, which runs here.
     """
+    clips = [clip.rows for clip in heard if clip is not None]
+    lengths = torch.tensor([len(rows) for rows in clips], dtype=torch.long)
+    rows = None
+    if clips:
+        dtype = model.get_input_embeddings().weight.dtype
+        rows = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True).to(dtype)
+        if finish_tower:
+            rows, lengths = top_feed_forward(model, rows, lengths)
+    row_counts = iter(lengths.tolist())
     tokenizer = processor.tokenizer
     texts = []
     for clip, question, reply in zip(heard, questions, answers, strict=True):
@@ -132,7 +154,7 @@ def training_batch(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
         )
         if clip is not None:
-            prompt = prompt.replace(tokenizer.audio_token, tokenizer.audio_token * len(clip.rows))
+            prompt = prompt.replace(tokenizer.audio_token, tokenizer.audio_token * next(row_counts))
         texts.append(prompt + reply + "<|im_end|>")
     encoded = tokenizer(texts, padding=True, return_tensors="pt")
     ids = encoded["input_ids"]
@@ -146,13 +168,10 @@ def training_batch(
         letters = _ANSWER_ALPHABET[torch.randint(len(_ANSWER_ALPHABET), ids.shape, generator=generator)]
         ids = torch.where(replaced, letters, ids)
     embeds = model.get_input_embeddings()(ids)
-    clips = [clip.rows for clip in heard if clip is not None]
-    lengths = torch.tensor([len(rows) for rows in clips], dtype=torch.long)
     projected = None
-    if clips:
-        padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True).to(embeds.dtype)
-        projected = model.get_submodule("model.multi_modal_projector")(padded)
-        valid = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    if rows is not None:
+        projected = model.get_submodule("model.multi_modal_projector")(rows)
+        valid = torch.arange(rows.shape[1])[None, :] < lengths[:, None]
         audio = (ids == model.config.audio_token_id).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(audio, projected[valid])
     inputs = {"inputs_embeds": embeds, "attention_mask": encoded["attention_mask"], "labels": labels}
@@ -172,10 +191,15 @@ def _augment(audio: np.ndarray, recipe: Recipe, rng: random.Random) -> np.ndarra
 
 def _fit(
     model: Any, ctc: LetterCtc, processor: Any, clean: Sequence[Heard], noisy_: Sequence[Heard], recipe: Recipe,
-    rng: random.Random,
+    rng: random.Random, encoder_parameters: Sequence[torch.nn.Parameter] = (),
 ) -> list[float]:  # fmt: skip
+    """Train; ``encoder_parameters`` (pretrained, already trainable) learn at ``recipe.encoder_lr``."""
     parameters = [p for p in [*model.parameters(), *ctc.parameters()] if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=0.01)
+    pretrained = {id(p) for p in encoder_parameters}
+    groups: list[dict[str, Any]] = [{"params": [p for p in parameters if id(p) not in pretrained]}]
+    if encoder_parameters:
+        groups.append({"params": list(encoder_parameters), "lr": recipe.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=0.01)
     schedule = _schedule(optimizer, recipe.steps, recipe.warmup_steps)
     losses: list[float] = []
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -194,7 +218,7 @@ def _fit(
                 answers.append(clip.sentence)
         questions = [rng.choice(QUESTIONS) for _ in heard]
         inputs, projected, lengths = training_batch(
-            model, processor, heard, questions, answers, recipe.token_noise, generator
+            model, processor, heard, questions, answers, recipe.token_noise, generator, recipe.tune_top_feed_forward
         )
         loss = model(**inputs).loss
         if projected is not None:
@@ -230,13 +254,15 @@ def held_out_report(model_dir: Path, recipe: Recipe) -> dict[str, Any]:
 
 
 def _encode(model: Any, processor: Any, recipe: Recipe, rng: random.Random) -> tuple[list[Heard], list[Heard], float]:
-    """Synthesize the training clips and cache the frozen encoder's rows: all clean, a share noisy too."""
+    """Synthesize the training clips and cache the frozen encoder's rows (or its states before the top
+    feed-forward block, when that learns): all clean, a share noisy too."""
     started = time.perf_counter()
     examples = speak(
         training_pairs(recipe.clips, recipe.seed, recipe.word_strings, recipe.swapped_sentences), SPOKEN_SECONDS
     )
     synthesis_seconds = time.perf_counter() - started
-    cache = EncoderCache(model, processor, math.ceil(SPOKEN_SECONDS + recipe.max_shift_seconds) + 1)
+    seconds = math.ceil(SPOKEN_SECONDS + recipe.max_shift_seconds) + 1
+    cache = EncoderCache(model, processor, seconds, before_top_feed_forward=recipe.tune_top_feed_forward)
     audio = [_shift(example.audio, recipe, rng) for example in examples]
     sentences = [example.sentence for example in examples]
     clean = [Heard(rows, sentence) for rows, sentence in zip(cache.encode(audio), sentences, strict=True)]
@@ -255,10 +281,11 @@ def train(out: Path, recipe: Recipe, whisper: Path) -> dict[str, Any]:
     processor = build_processor(arch)
     model = build_model(arch, processor.tokenizer)
     transplant_whisper_encoder(model, encoder)
+    tuned = unfreeze_top_feed_forward(model) if recipe.tune_top_feed_forward else []
     ctc = LetterCtc(arch.text_dim)
     clean, noisy_, synthesis_seconds = _encode(model, processor, recipe, rng)
     encoding_seconds = time.perf_counter() - started - synthesis_seconds
-    losses = _fit(model, ctc, processor, clean, noisy_, recipe, rng)
+    losses = _fit(model, ctc, processor, clean, noisy_, recipe, rng, tuned)
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(out)
     processor.save_pretrained(out)
@@ -267,7 +294,12 @@ def train(out: Path, recipe: Recipe, whisper: Path) -> dict[str, Any]:
     report = {
         "recipe": asdict(recipe),
         "architecture": arch.as_dict(),
-        "audio_encoder": {"whisper": encoder.provenance, "tensors": len(encoder.state), "frozen": True},
+        "audio_encoder": {
+            "whisper": encoder.provenance,
+            "tensors": len(encoder.state),
+            "frozen": not tuned,
+            "tuned_parameters": sum(p.numel() for p in tuned),
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": trained,
         "checkpoint_megabytes": round((out / "model.safetensors").stat().st_size / 1e6, 1),

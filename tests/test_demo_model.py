@@ -19,7 +19,13 @@ import torch
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
 from demo.clips import EXAMPLE_SENTENCE
 from demo.data import NO_AUDIO_ANSWER, SPOKEN_SECONDS, held_out_pairs, speak
-from demo.encoder import EncoderCache, read_whisper_encoder, transplant_whisper_encoder
+from demo.encoder import (
+    EncoderCache,
+    read_whisper_encoder,
+    top_feed_forward,
+    transplant_whisper_encoder,
+    unfreeze_top_feed_forward,
+)
 from demo.evaluate import answer, noisy
 from demo.model import DemoArchitecture, build_model, build_processor
 from demo.train import Heard, training_batch
@@ -199,6 +205,30 @@ def test_the_encoder_cache_gives_the_rows_of_the_models_own_audio_path(tiny_whis
     assert [len(rows) for rows in cached] == audio_tokens  # one row per audio token the processor expands
     for clip_rows, full in zip(cached, states[0], strict=True):
         torch.testing.assert_close(clip_rows, full[: len(clip_rows)], atol=1e-4, rtol=1e-4)
+    # Stopped before the top feed-forward block, and finished by top_feed_forward: the same rows again.
+    before = EncoderCache(model, processor, 5, before_top_feed_forward=True).encode(clips)
+    assert [len(positions) // 2 for positions in before] == [len(rows) for rows in cached]  # two per row
+    padded = torch.nn.utils.rnn.pad_sequence(before, batch_first=True)
+    with torch.inference_mode():
+        finished, counts = top_feed_forward(model, padded, torch.tensor([len(states) for states in before]))
+    assert counts.tolist() == audio_tokens
+    for clip_rows, rows, count in zip(cached, finished, counts.tolist(), strict=True):
+        torch.testing.assert_close(rows[:count], clip_rows, atol=1e-4, rtol=1e-4)
+
+
+def test_light_tuning_trains_only_the_top_feed_forward_block(tiny_whisper_dir: Path) -> None:
+    encoder = read_whisper_encoder(tiny_whisper_dir)
+    arch = replace(DemoArchitecture(), **encoder.dims, text_layers=1)
+    processor = build_processor(arch)
+    model = build_model(arch, processor.tokenizer)
+    transplant_whisper_encoder(model, encoder)
+    tuned = unfreeze_top_feed_forward(model)
+    tower = model.get_submodule("model.audio_tower")
+    trainable = {name for name, parameter in tower.named_parameters() if parameter.requires_grad}
+    top = f"layers.{arch.encoder_layers - 1}"
+    modules = (f"{top}.final_layer_norm", f"{top}.fc1", f"{top}.fc2", "layer_norm")
+    assert trainable == {f"{module}.{kind}" for module in modules for kind in ("weight", "bias")}
+    assert sum(parameter.numel() for parameter in tuned) == sum(tower.get_parameter(name).numel() for name in trainable)
 
 
 def test_token_noise_corrupts_only_the_answers_input_tokens(tiny_whisper_dir: Path) -> None:
