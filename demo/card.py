@@ -165,13 +165,28 @@ def _exact_match(figures: dict[str, Any]) -> str:
     return f"**{figures['exact_match']:.3f}** (95 % interval {low:.3f} to {high:.3f}, {count} clips)"
 
 
+def _encoder_training(training: dict[str, Any]) -> tuple[str, str]:
+    """What training did to the Whisper encoder, and what of it was cached."""
+    encoder = training["audio_encoder"]
+    if encoder["frozen"]:
+        return "training leaves them\n  unchanged (frozen)", "The encoder is frozen"
+    return (
+        f"training leaves them unchanged\n  but for the top layer's feed-forward block and the last layer norm "
+        f"({encoder['tuned_parameters']:,} parameters, tuned at\n  learning rate {training['recipe']['encoder_lr']})",
+        "Below the top layer's feed-forward block the encoder is frozen (that block\nruns each step)",
+    )
+
+
 def render(training: dict[str, Any], measured: dict[str, Any], bundle: NoiseBundle) -> str:
     recipe, arch = training["recipe"], training["architecture"]
     clean, new = measured["clean"], measured["clean_new_sentences"]
     template = (Path(__file__).parent / "card_template.md").read_text()
     whisper = training["audio_encoder"]["whisper"]
     conversion = whisper.get("conversion") or {}
+    encoder_training, encoder_cache = _encoder_training(training)
     return template.format(
+        encoder_training=encoder_training,
+        encoder_cache=encoder_cache,
         parameters=f"{training['parameters']:,}",
         trained=f"{training['trained_parameters']:,}",
         megabytes=training["checkpoint_megabytes"],

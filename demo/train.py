@@ -95,7 +95,14 @@ class Recipe:
     tune_top_feed_forward: bool = False
     """Whether the top encoder layer's feed-forward block (and the tower's last layer norm) learns too, at
     ``encoder_lr``; the cache then stops before it and each step finishes the tower
-    (:func:`demo.encoder.top_feed_forward`)."""
+    (:func:`demo.encoder.top_feed_forward`).
+
+    Measured once (everything else as this recipe, 1.18 M encoder parameters at 2e-4): unseen sentences
+    0.98 on the training report (100 clips) and 0.98 on 200 more (seed 11), 294 of 300 against this
+    recipe's 286; held-out voices 0.98 (report) and 0.995 (200 more, seed 11); white noise at 20 / 0 dB
+    0.96 / 0.45, babble 0.99 / 0.91. Training took 56.1 minutes (61 with the report, against 41.3 and
+    44.6), which with the bundle passes the 60 minute budget, so it stays off until the step count is
+    trimmed to fit and the card, bundle and reports are regenerated with it."""
     encoder_lr: float = 2e-4
     test_clips: int = 100
 

@@ -35,3 +35,14 @@ def test_the_card_follows_its_measurements() -> None:
     white_row = next(line for line in card.splitlines() if line.startswith("| white |"))
     assert " 0.07 |" in white_row
     assert f"- `steps`: {training['recipe']['steps']}" in card
+
+
+def test_the_card_says_what_training_did_to_the_encoder() -> None:
+    training, measured = _committed()
+    bundle = NoiseBundle.load(DEMO_BUNDLE_DIR)
+    assert training["audio_encoder"]["frozen"] == ("unchanged (frozen)" in render(training, measured, bundle))
+    training["audio_encoder"] |= {"frozen": False, "tuned_parameters": 1_183_104}
+    training["recipe"]["encoder_lr"] = 0.0002
+    card = render(training, measured, bundle)
+    assert "(frozen)" not in card and "The encoder is frozen" not in card
+    assert "feed-forward block and the last layer norm (1,183,104 parameters, tuned at\n  learning rate 0.0002)" in card

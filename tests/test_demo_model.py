@@ -169,12 +169,19 @@ def test_the_training_script_runs_end_to_end(tiny_whisper_dir: Path, tmp_path: P
     assert report["recipe"]["steps"] == 4 and report["evaluation"]["held_out_voices"]["count"] == 4
     lm = load_audio_lm(str(tmp_path / "model"))
     assert lm.max_clip_seconds == 30.0 and lm.dtype == torch.float32
-    # the audio tower carries the Whisper encoder's weights, unchanged by training
+    # the audio tower carries the Whisper encoder's weights, unchanged by training but for what the recipe tunes
     whisper = read_whisper_encoder(tiny_whisper_dir)
     tower = lm.model.get_submodule("model.audio_tower").state_dict()
     assert report["audio_encoder"]["whisper"]["sha256"] == whisper.provenance["sha256"]
+    top = f"layers.{len(lm.model.get_submodule('model.audio_tower').layers) - 1}"
+    tuned_modules = (f"{top}.final_layer_norm", f"{top}.fc1", f"{top}.fc2", "layer_norm")
+    tuned = report["recipe"]["tune_top_feed_forward"]
+    assert report["audio_encoder"]["frozen"] is not tuned
     for name, tensor in whisper.state.items():
-        torch.testing.assert_close(tower[name], tensor.to(torch.float16).float())
+        if tuned and name.rsplit(".", 1)[0] in tuned_modules:
+            assert not torch.equal(tower[name], tensor.to(torch.float16).float()), name
+        else:
+            torch.testing.assert_close(tower[name], tensor.to(torch.float16).float())
 
 
 def test_the_encoder_cache_gives_the_rows_of_the_models_own_audio_path(tiny_whisper_dir: Path) -> None:
