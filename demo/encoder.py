@@ -104,9 +104,26 @@ def top_feed_forward(model: Any, states: torch.Tensor, positions: torch.Tensor) 
     clip's valid positions; gives the rows and each clip's row count (what the tower's output would hold)."""
     tower = model.get_submodule("model.audio_tower")
     top = tower.layers[-1]
-    hidden = states + top.fc2(top.activation_fn(top.fc1(top.final_layer_norm(states))))
+    # Position by position, so only the valid positions run it (a batch's padding is about a third of it);
+    # the padding stays zero and pools only into rows past each clip's count.
+    valid = torch.arange(states.shape[1])[None, :] < positions[:, None]
+    kept = states[valid]
+    finished = kept + top.fc2(top.activation_fn(top.fc1(top.final_layer_norm(kept))))
+    hidden = states.masked_scatter(valid.unsqueeze(-1), finished)
     pooled = tower.avg_pooler(hidden.transpose(1, 2)).transpose(1, 2)
     return tower.layer_norm(pooled), positions // 2
+
+
+class _ReachedTopFeedForward(Exception):
+    """Stops the cache's forward where its states are taken: the rest of the tower would be wasted work."""
+
+    def __init__(self, states: torch.Tensor) -> None:
+        super().__init__("stopped before the top feed-forward block")
+        self.states = states
+
+
+def _stop_before_top_feed_forward(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    raise _ReachedTopFeedForward(args[0])
 
 
 class EncoderCache:
@@ -132,12 +149,8 @@ class EncoderCache:
         state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
         self._tower.load_state_dict(state)
         self._tower.requires_grad_(False).eval()
-        self._before_top_feed_forward = before_top_feed_forward
-        self._captured: list[torch.Tensor] = []
         if before_top_feed_forward:
-            self._tower.layers[-1].final_layer_norm.register_forward_pre_hook(
-                lambda _module, args: self._captured.append(args[0])
-            )
+            self._tower.layers[-1].final_layer_norm.register_forward_pre_hook(_stop_before_top_feed_forward)
         full = processor.feature_extractor
         self._features = WhisperFeatureExtractor(
             feature_size=full.feature_size, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, chunk_length=seconds
@@ -161,8 +174,9 @@ class EncoderCache:
             features, feature_mask = inputs["input_features"], inputs["attention_mask"]
             positions, row_counts = self._tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
             mask = encoder_attention_mask(self._tower.config, features, feature_mask, features.dtype)
-            states, counts = self._tower(features, attention_mask=mask).last_hidden_state, row_counts
-            if self._before_top_feed_forward:
-                states, counts = self._captured.pop(), positions
+            try:
+                states, counts = self._tower(features, attention_mask=mask).last_hidden_state, row_counts
+            except _ReachedTopFeedForward as reached:
+                states, counts = reached.states, positions
             rows += [state[:count].clone() for state, count in zip(states, counts.tolist(), strict=True)]
         return rows
