@@ -104,7 +104,7 @@ def top_feed_forward(model: Any, states: torch.Tensor, positions: torch.Tensor) 
     clip's valid positions; gives the rows and each clip's row count (what the tower's output would hold)."""
     tower = model.get_submodule("model.audio_tower")
     top = tower.layers[-1]
-    # Position by position, so only the valid positions run it (a batch's padding is about a third of it);
+    # Position by position, so only the valid positions run it, not the batch's padding;
     # the padding stays zero and pools only into rows past each clip's count.
     valid = torch.arange(states.shape[1])[None, :] < positions[:, None]
     kept = states[valid]
