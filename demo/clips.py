@@ -12,6 +12,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from demo.data import SPOKEN_SECONDS, held_out_pairs, speak, training_pairs
@@ -26,12 +27,17 @@ EXAMPLE_SENTENCE = "turn on the heater in the back"
 EXAMPLE_NOISE = ("white", 0.0)
 
 
+def with_example_noise(clean: np.ndarray, snr_db: float) -> np.ndarray:
+    """The example clip in its own noise (the quick start's kind and seed) at any SNR, as the README's lower levels."""
+    return mix_at_snr(clean, generate_noise(EXAMPLE_NOISE[0], clean.size, 16000, seed=2024), snr_db)
+
+
 def write_example(path: Path) -> list[Path]:
     """The quick start's clips (16-bit PCM WAV, a voice never heard in training): clean, and in white noise at 0 dB."""
     _, held_out = split_variants()
     clean = synthesize(EXAMPLE_SENTENCE, Voice("en-gb", held_out[0], rate=160, pitch=55))
     kind, snr = EXAMPLE_NOISE
-    noisy = mix_at_snr(clean, generate_noise(kind, clean.size, 16000, seed=2024), snr)
+    noisy = with_example_noise(clean, snr)
     noisy_path = path.with_name(f"{path.stem}-{kind}-{snr:g}db{path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, clean, 16000, subtype="PCM_16")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from demo import DEMO_BUNDLE_DIR, DEMO_MODEL_DIR
-from demo.clips import EXAMPLE_SENTENCE
+from demo.clips import EXAMPLE_SENTENCE, with_example_noise
 from demo.data import NO_AUDIO_ANSWER, SPOKEN_SECONDS, held_out_pairs, speak
 from demo.encoder import (
     EncoderCache,
@@ -271,8 +271,7 @@ async def test_the_service_serves_the_demo_model_when_no_model_is_set() -> None:
         clips = {
             "clean": clean_clip,
             "white 0 dB": load_audio_file(examples / "request-white-0db.wav", 16000),
-            # the README's -10 dB example: the example clip's own noise (seed 2024), ten decibels stronger
-            "white -10 dB": mix_at_snr(clean_clip, generate_noise("white", clean_clip.size, 16000, seed=2024), -10.0),
+            "white -10 dB": with_example_noise(clean_clip, -10.0),  # the README's -10 dB example
         }
         reports, answers = {}, {}
         for name, clip in clips.items():
